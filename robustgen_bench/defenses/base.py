@@ -1,0 +1,45 @@
+"""The defense interface every zoo family implements.
+
+``predict`` is the deployed defense (full inference, fresh randomness, no gradients).
+``surrogate_logits`` is one differentiable draw through the family's declared adaptive hook
+(for ABS-like families: class losses at a detached optimum z*). Attacks never see a raw
+defense: they get :class:`robustgen_bench.adaptive.Surrogate`, which averages
+``surrogate_logits`` over the entry's EOT draws.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import nn
+
+
+class Defense(nn.Module, ABC):
+    """A classifier on images in [0, 1].
+
+    Shapes: inputs ``x`` are (N, C, H, W) float in [0, 1]; logits are (N, num_classes).
+    """
+
+    num_classes: int = 10
+    #: True when ``predict`` draws fresh randomness on every call.
+    randomized: bool = False
+
+    @abstractmethod
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Deployed inference: (N, C, H, W) -> logits (N, K). Called under ``torch.no_grad``."""
+
+    def surrogate_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """One differentiable draw of logits (N, K) via the adaptive hook.
+
+        Default: the defense is differentiable end to end (``gradient: exact``).
+        """
+        return self.predict_with_grad(x)
+
+    def predict_with_grad(self, x: torch.Tensor) -> torch.Tensor:
+        """Differentiable forward for end-to-end differentiable families; override as needed."""
+        raise NotImplementedError(f"{type(self).__name__} defines no differentiable forward")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D401 - nn.Module hook
+        """Alias of :meth:`surrogate_logits` so the module plugs into attack libraries."""
+        return self.surrogate_logits(x)

@@ -1,0 +1,183 @@
+"""Embedded SQLite results store (one database per run directory) and the run manifest.
+
+Schema (one row per (cell, sample)); a cell is keyed by the sha256 of its canonical config, so
+re-running skips stored work and a changed config never mixes with old rows.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+DB_NAME = "results.sqlite"
+MANIFEST_NAME = "manifest.json"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS cells (
+    cell_key     TEXT PRIMARY KEY,
+    model        TEXT NOT NULL,
+    attack       TEXT NOT NULL,
+    threat       TEXT NOT NULL,
+    epsilon      REAL NOT NULL,
+    minimal_norm INTEGER NOT NULL,
+    config_json  TEXT NOT NULL,
+    indices_hash TEXT NOT NULL,
+    created_at   REAL NOT NULL,
+    seconds      REAL NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS results (
+    cell_key     TEXT NOT NULL REFERENCES cells(cell_key),
+    model        TEXT NOT NULL,
+    attack       TEXT NOT NULL,
+    threat       TEXT NOT NULL,
+    epsilon      REAL NOT NULL,
+    sample_index INTEGER NOT NULL,
+    label        INTEGER NOT NULL,
+    clean_pred   INTEGER NOT NULL,
+    adv_pred     INTEGER NOT NULL,
+    adv_correct  INTEGER NOT NULL,
+    distance     REAL,
+    violation    TEXT,
+    draws_json   TEXT NOT NULL,
+    PRIMARY KEY (cell_key, sample_index)
+);
+"""
+
+#: Columns of :func:`read_results`, in order.
+RESULT_COLUMNS = [
+    "model", "attack", "threat", "epsilon", "sample_index", "label", "clean_pred", "adv_pred",
+    "adv_correct", "distance", "minimal_norm", "violation", "cell_key",
+]
+#: The export CSV columns (issue contract), in order.
+EXPORT_COLUMNS = [
+    "model", "attack", "threat", "epsilon", "sample_index", "label", "clean_pred", "adv_pred",
+    "adv_correct", "distance",
+]
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One sample's outcome in one cell.
+
+    ``distance`` is the norm of the adversarial perturbation that was found (None when none was);
+    ``draws`` are the defense's predictions on the adversarial input, one per verification draw.
+    """
+
+    sample_index: int
+    label: int
+    clean_pred: int
+    adv_pred: int
+    adv_correct: bool
+    distance: float | None
+    draws: tuple[int, ...]
+    violation: str | None = None
+
+
+@dataclass(frozen=True)
+class CellInfo:
+    cell_key: str
+    model: str
+    attack: str
+    threat: str
+    epsilon: float
+    minimal_norm: bool
+    config: dict[str, Any]
+    indices_hash: str
+
+
+class ResultStore:
+    """SQLite store at ``run_dir/results.sqlite``. Writes are committed per batch."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.run_dir / DB_NAME
+        self.conn = sqlite3.connect(self.path, timeout=30)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=FULL")  # a committed batch survives SIGKILL
+        self.conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def ensure_cell(self, cell: CellInfo) -> None:
+        with self.conn:
+            self.conn.execute(
+                "INSERT OR IGNORE INTO cells (cell_key, model, attack, threat, epsilon, minimal_norm,"
+                " config_json, indices_hash, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                (cell.cell_key, cell.model, cell.attack, cell.threat, float(cell.epsilon),
+                 int(cell.minimal_norm), json.dumps(cell.config, sort_keys=True),
+                 cell.indices_hash, time.time()),
+            )
+
+    def done_indices(self, cell_key: str) -> set[int]:
+        cur = self.conn.execute("SELECT sample_index FROM results WHERE cell_key = ?", (cell_key,))
+        return {int(r[0]) for r in cur}
+
+    def add_results(self, cell: CellInfo, rows: Sequence[ResultRow], seconds: float = 0.0) -> None:
+        """Insert one batch atomically; a sample already stored is never duplicated."""
+        with self.conn:
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO results (cell_key, model, attack, threat, epsilon, sample_index,"
+                " label, clean_pred, adv_pred, adv_correct, distance, violation, draws_json)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [(cell.cell_key, cell.model, cell.attack, cell.threat, float(cell.epsilon),
+                  int(r.sample_index), int(r.label), int(r.clean_pred), int(r.adv_pred),
+                  int(bool(r.adv_correct)), None if r.distance is None else float(r.distance),
+                  r.violation, json.dumps(list(map(int, r.draws)))) for r in rows],
+            )
+            self.conn.execute("UPDATE cells SET seconds = seconds + ? WHERE cell_key = ?",
+                              (float(seconds), cell.cell_key))
+
+    def cell_seconds(self) -> dict[str, float]:
+        return {k: float(s) for k, s in self.conn.execute("SELECT cell_key, seconds FROM cells")}
+
+
+def read_results(run_dir: str | Path, cell_keys: Iterable[str] | None = None) -> pd.DataFrame:
+    """All per-sample rows of a run as a DataFrame with :data:`RESULT_COLUMNS`.
+
+    Types: epsilon/distance float (distance NaN where no adversarial was found), adv_correct bool,
+    minimal_norm bool, the rest int or str. Read-only: stats and reports use only this.
+    """
+    path = Path(run_dir) / DB_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no results store at {path}")
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        df = pd.read_sql_query(
+            "SELECT r.model, r.attack, r.threat, r.epsilon, r.sample_index, r.label, r.clean_pred,"
+            " r.adv_pred, r.adv_correct, r.distance, c.minimal_norm, r.violation, r.cell_key"
+            " FROM results r JOIN cells c USING (cell_key)"
+            " ORDER BY r.model, r.attack, r.epsilon, r.sample_index", conn)
+    finally:
+        conn.close()
+    if cell_keys is not None:
+        df = df[df.cell_key.isin(set(cell_keys))]
+    df["adv_correct"] = df["adv_correct"].astype(bool)
+    df["minimal_norm"] = df["minimal_norm"].astype(bool)
+    df["distance"] = df["distance"].astype(float)
+    return df.reset_index(drop=True)
+
+
+def write_manifest(run_dir: str | Path, manifest: dict[str, Any]) -> Path:
+    p = Path(run_dir) / MANIFEST_NAME
+    p.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+    return p
+
+
+def read_manifest(run_dir: str | Path) -> dict[str, Any]:
+    p = Path(run_dir) / MANIFEST_NAME
+    return json.loads(p.read_text()) if p.is_file() else {}

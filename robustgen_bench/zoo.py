@@ -1,0 +1,282 @@
+"""The model zoo: discover entries under ``model_zoo/``, validate ``entry.yaml``, verify and load.
+
+An entry is a folder ``model_zoo/<dataset>/<name>/`` holding ``entry.yaml``, its weights and a
+README. Weights are either committed beside the entry (``file:``) or fetched from an upstream
+``url:`` into a local cache (``RGBENCH_WEIGHTS``, default ``~/.cache/rgbench/weights``) under the
+entry's ``cache_dir``. Every file's sha256 is checked before anything is loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from robustgen_bench.adaptive import AdaptiveSpec, GradientHook
+from robustgen_bench.errors import ZooError, did_you_mean
+
+ENTRY_KEYS = {
+    "id", "name", "family", "builder", "dataset", "config", "weights", "adaptive",
+    "measured", "claimed", "train", "description", "base", "cache_dir",
+}
+WEIGHT_KEYS = {"file", "sha256", "url", "role"}
+ADAPTIVE_KEYS = {"gradient", "randomized", "eot"}
+
+
+def zoo_root() -> Path:
+    """``RGBENCH_ZOO`` or the repository's ``model_zoo/`` beside the package."""
+    env = os.environ.get("RGBENCH_ZOO")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "model_zoo"
+
+
+def weights_cache() -> Path:
+    """``RGBENCH_WEIGHTS`` or a per-user cache directory."""
+    env = os.environ.get("RGBENCH_WEIGHTS")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "rgbench" / "weights"
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """One weights file of an entry; ``role`` distinguishes several files (e.g. one per class)."""
+
+    file: str
+    sha256: str
+    url: str | None = None
+    role: str | None = None
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """A validated ``entry.yaml``."""
+
+    id: str
+    name: str
+    dataset: str
+    family: str | None
+    builder: str | None
+    config: Mapping[str, Any]
+    weights: tuple[WeightsFile, ...]
+    adaptive: AdaptiveSpec
+    path: Path
+    measured: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    train: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    base: str | None = None
+    cache_dir: str | None = None
+
+    @property
+    def entry_file(self) -> Path:
+        return self.path / "entry.yaml"
+
+    def weight_path(self, w: WeightsFile) -> Path:
+        """Where ``w`` lives locally: beside the entry, or in the weights cache."""
+        if w.url is None:
+            return self.path / w.file
+        return weights_cache() / (self.cache_dir or self.id.replace("/", "_")) / w.file
+
+
+def _err(entry_file: Path, key: str | None, msg: str) -> ZooError:
+    return ZooError(msg, file=entry_file, key=key)
+
+
+def parse_entry(entry_file: Path, root: Path | None = None) -> ZooEntry:
+    """Validate one ``entry.yaml``; raises :class:`ZooError` naming the file and key."""
+    try:
+        raw = yaml.safe_load(entry_file.read_text())
+    except FileNotFoundError:
+        raise _err(entry_file, None, "file not found") from None
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        raise ZooError(f"invalid YAML: {getattr(e, 'problem', e)}", file=entry_file,
+                       line=None if line is None else line + 1) from None
+    if not isinstance(raw, dict):
+        raise _err(entry_file, None, "expected a mapping at the top level")
+    unknown = set(raw) - ENTRY_KEYS
+    if unknown:
+        k = sorted(unknown)[0]
+        raise _err(entry_file, k, f"unknown key.{did_you_mean(k, sorted(ENTRY_KEYS))}")
+    for k in ("id", "name", "dataset", "adaptive"):
+        if k not in raw:
+            raise _err(entry_file, k, "missing required key")
+    for k in ("id", "name", "dataset"):
+        if not isinstance(raw[k], str):
+            raise _err(entry_file, k, f"expected a string, got {type(raw[k]).__name__}")
+    root = root or zoo_root()
+    try:
+        rel = entry_file.parent.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        rel = None
+    if rel is not None and rel != raw["id"]:
+        raise _err(entry_file, "id", f"expected {rel!r} (the folder path under the zoo root)")
+    if ("family" in raw) == ("builder" in raw):
+        raise _err(entry_file, "family", "expected exactly one of 'family' or 'builder'")
+    config = raw.get("config", {}) or {}
+    if not isinstance(config, dict):
+        raise _err(entry_file, "config", "expected a mapping")
+    weights_raw = raw.get("weights", [])
+    if isinstance(weights_raw, dict):
+        weights_raw = [weights_raw]
+    if not isinstance(weights_raw, list):
+        raise _err(entry_file, "weights", "expected a mapping or a list of mappings")
+    weights = []
+    for i, w in enumerate(weights_raw):
+        key = f"weights[{i}]"
+        if not isinstance(w, dict):
+            raise _err(entry_file, key, "expected a mapping with file and sha256")
+        bad = set(w) - WEIGHT_KEYS
+        if bad:
+            raise _err(entry_file, f"{key}.{sorted(bad)[0]}", f"unknown key; expected {sorted(WEIGHT_KEYS)}")
+        if not isinstance(w.get("file"), str):
+            raise _err(entry_file, f"{key}.file", "expected a file name")
+        sha = w.get("sha256")
+        if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+            raise _err(entry_file, f"{key}.sha256", "expected 64 lowercase hex digits")
+        weights.append(WeightsFile(file=w["file"], sha256=sha, url=w.get("url"), role=w.get("role")))
+    ad = raw["adaptive"]
+    if not isinstance(ad, dict):
+        raise _err(entry_file, "adaptive", "expected a mapping with gradient, randomized, eot")
+    bad = set(ad) - ADAPTIVE_KEYS
+    if bad:
+        raise _err(entry_file, f"adaptive.{sorted(bad)[0]}", f"unknown key; expected {sorted(ADAPTIVE_KEYS)}")
+    try:
+        hook = GradientHook(ad.get("gradient"))
+    except ValueError:
+        raise _err(entry_file, "adaptive.gradient",
+                   f"expected one of {[h.value for h in GradientHook]}") from None
+    randomized = ad.get("randomized")
+    if not isinstance(randomized, bool):
+        raise _err(entry_file, "adaptive.randomized", "expected true or false")
+    eot = ad.get("eot", 1)
+    if not isinstance(eot, int) or isinstance(eot, bool) or eot < 1:
+        raise _err(entry_file, "adaptive.eot", "expected a positive integer")
+    for k in ("measured", "train"):
+        if k in raw and not isinstance(raw[k], dict):
+            raise _err(entry_file, k, "expected a mapping")
+    return ZooEntry(
+        id=raw["id"], name=raw["name"], dataset=raw["dataset"], family=raw.get("family"),
+        builder=raw.get("builder"), config=MappingProxyType(dict(config)), weights=tuple(weights),
+        adaptive=AdaptiveSpec(gradient=hook, randomized=randomized, eot=eot),
+        path=entry_file.parent, measured=MappingProxyType(dict(raw.get("measured") or {})),
+        train=MappingProxyType(dict(raw.get("train") or {})), base=raw.get("base"),
+        cache_dir=raw.get("cache_dir"),
+    )
+
+
+def entry_ids(root: Path | None = None) -> list[str]:
+    """Ids of every folder holding an ``entry.yaml`` (not validated)."""
+    root = root or zoo_root()
+    return sorted(p.parent.relative_to(root).as_posix() for p in root.glob("**/entry.yaml"))
+
+
+def get_entry(entry_id: str, root: Path | None = None) -> ZooEntry:
+    """The validated entry ``entry_id``; ZooError with did-you-mean when unknown."""
+    root = root or zoo_root()
+    f = root / entry_id / "entry.yaml"
+    if not f.is_file():
+        raise ZooError(f"unknown zoo entry {entry_id!r}.{did_you_mean(entry_id, entry_ids(root))}")
+    return parse_entry(f, root)
+
+
+def list_entries(root: Path | None = None) -> list[ZooEntry]:
+    """Every entry under ``root``, validated (raises on the first broken one)."""
+    root = root or zoo_root()
+    return [parse_entry(root / i / "entry.yaml", root) for i in entry_ids(root)]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch_weights(entry: ZooEntry) -> dict[str, Path]:
+    """Make every weights file available locally and verify its sha256.
+
+    Returns ``{role or file: path}``. Downloads ``url`` files into the cache on first use.
+    """
+    out: dict[str, Path] = {}
+    for w in entry.weights:
+        p = entry.weight_path(w)
+        if not p.is_file():
+            if w.url is None:
+                raise ZooError(f"weights file missing: {p}", file=entry.entry_file, key="weights")
+            p.parent.mkdir(parents=True, exist_ok=True)
+            tmp = p.with_suffix(p.suffix + ".part")
+            try:
+                urllib.request.urlretrieve(w.url, tmp)  # noqa: S310 - https url from entry
+            except OSError as e:
+                raise ZooError(f"could not download {w.url}: {e}", file=entry.entry_file,
+                               key="weights") from None
+            tmp.replace(p)
+        digest = sha256_file(p)
+        if digest != w.sha256:
+            raise ZooError(f"sha256 mismatch for {p}: expected {w.sha256}, got {digest}",
+                           file=entry.entry_file, key="weights")
+        out[w.role or w.file] = p
+    return out
+
+
+def _builder_from_folder(entry: ZooEntry):
+    mod_name, _, fn_name = (entry.builder or "").partition(":")
+    src = entry.path / f"{mod_name}.py"
+    if not src.is_file() or not fn_name:
+        raise ZooError(f"expected 'module:function' with {src.name} in the entry folder",
+                       file=entry.entry_file, key="builder")
+    spec = importlib.util.spec_from_file_location(f"rgbench_zoo_{entry.id.replace('/', '_')}", src)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    fn = getattr(module, fn_name, None)
+    if fn is None:
+        raise ZooError(f"{src.name} has no function {fn_name!r}", file=entry.entry_file, key="builder")
+    return fn
+
+
+def build_defense(entry: ZooEntry, *, load_weights: bool = True):
+    """Build the entry's defense and load its verified weights (strict)."""
+    from safetensors.torch import load_file
+
+    from robustgen_bench.defenses import get_family
+
+    if entry.builder:
+        build = _builder_from_folder(entry)
+    else:
+        try:
+            build = get_family(entry.family or "")
+        except KeyError as e:
+            raise ZooError(str(e.args[0]), file=entry.entry_file, key="family") from None
+    try:
+        defense = build(dict(entry.config), entry=entry)
+    except (TypeError, ValueError) as e:
+        raise ZooError(f"cannot build: {e}", file=entry.entry_file, key="config") from None
+    if load_weights and entry.weights:
+        paths = fetch_weights(entry)
+        custom = getattr(defense, "load_weight_files", None)
+        if custom is not None:
+            custom(paths)
+        else:
+            if len(paths) != 1:
+                raise ZooError("several weights files need the family's load_weight_files",
+                               file=entry.entry_file, key="weights")
+            state = load_file(str(next(iter(paths.values()))))
+            try:
+                defense.load_state_dict(state, strict=True)
+            except RuntimeError as e:
+                raise ZooError(f"weights do not match the architecture: {str(e)[:400]}",
+                               file=entry.entry_file, key="weights") from None
+    defense.eval()
+    return defense
