@@ -1,0 +1,38 @@
+"""The typed description of one attack cell, produced by the suite loader."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from robustgen_bench.threat import Threat
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack at one budget.
+
+    ``id`` is the suite's name for it (e.g. ``pgd-l2``), ``library``/``attack`` select the adapter
+    (e.g. ``foolbox``/``L2PGD``), ``params`` are the adapter's validated hyper-parameters.
+    """
+
+    id: str
+    library: str
+    attack: str
+    threat: Threat
+    epsilon: float
+    params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    #: How many ``predict`` draws re-decide success for a randomized defense.
+    verify_draws: int = 5
+    seed: int = 0
+
+    def canonical(self) -> dict[str, Any]:
+        """JSON-able canonical form; its hash keys the cell in the store."""
+        return {
+            "id": self.id, "library": self.library, "attack": self.attack,
+            "threat": self.threat.value, "epsilon": float(self.epsilon),
+            "params": {k: self.params[k] for k in sorted(self.params)},
+            "verify_draws": self.verify_draws, "seed": self.seed,
+        }
