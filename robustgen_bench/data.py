@@ -81,11 +81,13 @@ def _has(root: Path, cls: str) -> bool:
 
 
 def subset_indices(total: int, n: int, seed: int) -> np.ndarray:
-    """``n`` distinct indices of ``range(total)``, fixed by ``seed`` (sorted for readability)."""
-    if n >= total:
-        return np.arange(total)
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(total, size=n, replace=False))
+    """``n`` distinct indices of ``range(total)``, fixed by ``seed``.
+
+    The first ``n`` of one seeded permutation, so a smaller ``n`` (``--limit``) is a prefix of a
+    larger one and its stored results are reused when the full run follows.
+    """
+    perm = np.random.default_rng(seed).permutation(total)
+    return perm[: min(n, total)]
 
 
 def indices_hash(indices: np.ndarray) -> str:
