@@ -1,0 +1,138 @@
+"""The ``rgbench`` command line: parse, call the library, render. No logic lives here.
+
+Exit codes: 0 success, 1 runtime failure (clear message), 2 bad input (file, key, expectation).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from robustgen_bench.errors import RuntimeFailure, UserInputError
+
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")  # foolbox imports GitPython
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Evaluate adversarial-robustness defenses and build paper tables.")
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+
+@app.command()
+def run(
+    suite: Annotated[Path, typer.Argument(help="Attack suite YAML file.")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override, e.g. attacks.pgd-l2.steps=10")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Evaluate at most N samples.")] = None,
+    run_dir: Annotated[Optional[Path], typer.Option(help="Default: runs/<suite name>/")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Dataset root (else $RGBENCH_DATA).")] = None,
+) -> None:
+    """Run every (model × attack × budget) cell of SUITE, store per-sample results, print tables."""
+    from robustgen_bench.config import load_suite
+    from robustgen_bench.progress import RichProgress
+    from robustgen_bench.runner import run_suite
+
+    s = load_suite(suite, overrides=set_ or [], limit=limit)
+    out = run_dir or Path("runs") / s.name
+    console.print(f"[bold]{s.name}[/]: {len(s.models)} models × {len(s.attacks)} attack budgets "
+                  f"on {s.dataset.n} {s.dataset.name.value} {s.dataset.split} samples → {out}")
+    with RichProgress(console) as progress:
+        run_suite(s, out, data_dir=data_dir, progress=progress.task)
+    _report(out)
+
+
+def _report(run_dir: Path) -> None:
+    try:
+        report = importlib.import_module("robustgen_bench.report")
+    except ModuleNotFoundError:
+        return
+    console.print(report.summary_table(run_dir))
+    for p in report.write_reports(run_dir):
+        console.print(f"wrote {p}")
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (holds results.sqlite).")],
+    format: Annotated[str, typer.Option("--format", help="Only csv.")] = "csv",
+    out: Annotated[Optional[Path], typer.Option(help="Output file (default: stdout).")] = None,
+) -> None:
+    """Write the per-sample rows of RUN_DIR."""
+    from robustgen_bench.export import export_csv
+
+    if format != "csv":
+        raise UserInputError(f"unknown format {format!r}; expected 'csv'", key="--format")
+    text = export_csv(run_dir)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text)
+        err_console.print(f"wrote {out}")
+
+
+def _register_optional() -> None:
+    """Sub-commands whose modules belong to other areas (zoo, training, tables)."""
+    try:
+        from robustgen_bench.cli_zoo import train_command, zoo_app
+
+        app.add_typer(zoo_app, name="zoo", help="List and check model-zoo entries.")
+        app.command("train", help="Train a zoo entry from its recipe (checkpointed, resumable).")(
+            train_command)
+    except ModuleNotFoundError as e:
+        if e.name != "robustgen_bench.cli_zoo":
+            raise
+    try:
+        from robustgen_bench.report.cli_table import table_command
+
+        app.command("table", help="Regenerate tables from stored runs (never runs an attack).")(
+            table_command)
+    except ModuleNotFoundError as e:
+        if e.name not in ("robustgen_bench.report.cli_table", "robustgen_bench.report"):
+            raise
+
+
+_register_optional()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point with the exit-code contract."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except UserInputError as e:
+        err_console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+        return 2
+    except RuntimeFailure as e:
+        err_console.print(f"[bold red]runtime failure:[/] {e}", highlight=False)
+        return 1
+    except typer.Exit as e:
+        return int(e.exit_code or 0)
+    except KeyboardInterrupt:
+        err_console.print("interrupted; finished batches are stored, re-run the same command to resume")
+        return 130
+    except Exception as e:  # noqa: BLE001 - the exit-code contract: a clear message, code 1
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            return e.exit_code
+        if isinstance(e, click.exceptions.Abort):
+            return 1
+        if os.environ.get("RGBENCH_DEBUG"):
+            raise
+        err_console.print(f"[bold red]runtime failure:[/] {type(e).__name__}: {e}\n"
+                          "(set RGBENCH_DEBUG=1 for the traceback)", highlight=False)
+        return 1
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

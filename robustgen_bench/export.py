@@ -1,0 +1,24 @@
+"""Export per-sample rows of a run (CSV with the documented column order)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from robustgen_bench.errors import UserInputError
+from robustgen_bench.store import DB_NAME, EXPORT_COLUMNS, read_results
+
+
+def export_csv(run_dir: str | Path) -> str:
+    """CSV text: ``model,attack,threat,epsilon,sample_index,label,clean_pred,adv_pred,adv_correct,distance``.
+
+    ``adv_correct`` is 0/1; ``distance`` is empty where no adversarial example was found.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / DB_NAME).is_file():
+        raise UserInputError(f"no results store ({DB_NAME}) in this directory", file=run_dir)
+    df = read_results(run_dir)[EXPORT_COLUMNS].copy()
+    df["adv_correct"] = df["adv_correct"].astype(int)
+    buf = io.StringIO()
+    df.to_csv(buf, index=False, na_rep="", float_format="%.6g")
+    return buf.getvalue()
