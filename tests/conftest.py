@@ -84,3 +84,67 @@ def tiny_defense(tiny_cnn: TinyCNN):
             return self.m(x)
 
     return TinyDefense(tiny_cnn).eval()
+
+
+TINY_MODEL_PY = '''
+import torch
+from torch import nn
+from robustgen_bench.defenses.base import Defense
+
+
+class TinyDefense(Defense):
+    def __init__(self, noise: float = 0.0) -> None:
+        super().__init__()
+        self.noise = noise
+        self.randomized = noise > 0
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 16, 5, 2, 2), nn.ReLU(), nn.Conv2d(16, 32, 5, 2, 2), nn.ReLU(),
+            nn.Flatten(), nn.Linear(32 * 7 * 7, 10),
+        )
+
+    def predict_with_grad(self, x):
+        if self.noise:
+            x = x + self.noise * torch.randn_like(x)
+        return self.net(x)
+
+    def predict(self, x):
+        with torch.no_grad():
+            return self.predict_with_grad(x)
+
+
+def build(config, *, entry=None):
+    return TinyDefense(**config)
+'''
+
+
+def write_tiny_entry(root: Path, model: nn.Module, entry_id: str = "mnist/tiny-cnn",
+                     noise: float = 0.0) -> Path:
+    """A user-style zoo entry (entry.yaml + model.py + weights) holding ``model``'s weights."""
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    folder = root / entry_id
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.py").write_text(TINY_MODEL_PY)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              str(folder / "weights.safetensors"))
+    sha = hashlib.sha256((folder / "weights.safetensors").read_bytes()).hexdigest()
+    randomized = "true" if noise else "false"
+    eot = 2 if noise else 1
+    (folder / "entry.yaml").write_text(
+        f"id: {entry_id}\nname: Tiny{'-noisy' if noise else ''}\nbuilder: model:build\n"
+        f"dataset: mnist\nconfig: {{noise: {noise}}}\n"
+        f"weights: {{file: weights.safetensors, sha256: {sha}}}\n"
+        f"adaptive: {{gradient: exact, randomized: {randomized}, eot: {eot}}}\n")
+    return folder
+
+
+@pytest.fixture()
+def tmp_zoo(tmp_path: Path, tiny_cnn: TinyCNN, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temporary zoo root (``RGBENCH_ZOO``) with ``mnist/tiny-cnn`` and ``mnist/tiny-noisy``."""
+    root = tmp_path / "zoo"
+    write_tiny_entry(root, tiny_cnn)
+    write_tiny_entry(root, tiny_cnn, "mnist/tiny-noisy", noise=0.05)
+    monkeypatch.setenv("RGBENCH_ZOO", str(root))
+    return root
