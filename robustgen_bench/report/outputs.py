@@ -1,0 +1,114 @@
+"""Write every report of a run directory, and render tables from one or several runs."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from rich.table import Table
+
+from robustgen_bench.report.render import render, to_rich
+from robustgen_bench.report.runs import RunSet, load_runs
+from robustgen_bench.report.tables import accuracy_table, caption, distance_table, mcnemar_tables
+from robustgen_bench.stats import THREAT_ORDER, closest_distances, format_epsilon, robust_accuracy_curve
+
+#: Table formats written into every run directory.
+RUN_FORMATS = ("md", "tex", "csv", "html")
+CURVE_POINTS = 201
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
+
+
+def render_table(run_dirs: Sequence[str | Path], fmt: str) -> str:
+    """The accuracy table of one or several runs (same samples required) as ``fmt`` text.
+
+    ``fmt``: md | tex | csv | html | term. Markdown and HTML carry the caption; LaTeX carries it as
+    a comment line above the tabular (the fragment is meant for ``\\input`` inside a table float).
+    """
+    runs = load_runs(list(run_dirs))
+    table = accuracy_table(runs)
+    cap = caption(runs, table) if fmt in ("md", "html", "tex", "term") else None
+    text = render(table, fmt, caption=None if fmt == "tex" else cap)
+    if fmt == "tex" and cap:
+        text = "% " + cap + "\n" + text
+    return text
+
+
+def summary_table(run_dir: str | Path) -> Table:
+    """A rich table of accuracy with Wilson intervals, for the end of ``rgbench run``.
+
+    Lenient about incomplete cells (intersection of samples), unlike the written reports.
+    """
+    runs = load_runs([run_dir])
+    return to_rich(accuracy_table(runs, strict=False),
+                   title="Accuracy under attack, % [Wilson 95% CI]")
+
+
+def _curve_plots(runs: RunSet, run_dir: Path) -> list[Path]:
+    from robustgen_bench.report.plots import plot_robust_accuracy
+
+    df = runs.results
+    out: list[Path] = []
+    for threat in [t for t in THREAT_ORDER if ((df.threat == t) & df.minimal_norm).any()]:
+        finite = [d[np.isfinite(d)].max() for m in runs.models
+                  if len(d := closest_distances(df, m, threat)) and np.isfinite(d).any()]
+        budgets = sorted(set(df[(df.threat == threat)].epsilon.astype(float)))
+        hi = max(finite + budgets + [0.0])
+        if not hi > 0 or math.isnan(hi):
+            continue
+        grid = np.linspace(0.0, 1.05 * hi, CURVE_POINTS)
+        curve = robust_accuracy_curve(df, threat, grid, runs.models).rename(columns=runs.display)
+        marks = {e: f"ε={format_epsilon(e)}" for e in budgets}
+        out.append(plot_robust_accuracy(curve, threat, run_dir / f"robust_accuracy_{threat}.png",
+                                        marks))
+    return out
+
+
+def _example_plots(runs: RunSet, run_dir: Path) -> list[Path]:
+    from robustgen_bench.report.plots import example_grid, load_examples
+
+    tensors = load_examples(run_dir)
+    if tensors is None:
+        return []
+    models = list(dict.fromkeys([k.rsplit("|", 2)[0] for k in tensors]))
+    paths = [example_grid(tensors, m, run_dir / f"examples_{_slug(m)}.png", title=runs.display(m))
+             for m in models]
+    return [p for p in paths if p is not None]
+
+
+def write_reports(run_dir: str | Path) -> list[Path]:
+    """Write tables, McNemar matrices, caption, distances and plots into ``run_dir``.
+
+    Files: table.{md,tex,csv,html}, caption.txt, mcnemar_<row>.csv (one p-value matrix per row
+    with two or more models), distances.csv, robust_accuracy_<threat>.png (from minimal-norm
+    attacks) and examples_<model>.png (when the runner saved examples.safetensors), unless the
+    suite's ``report.plots`` is false. Refuses rows whose models saw different samples.
+    """
+    run_dir = Path(run_dir)
+    runs = load_runs([run_dir])
+    table = accuracy_table(runs)
+    cap = caption(runs, table)
+    written: list[Path] = []
+
+    def write(name: str, text: str) -> None:
+        p = run_dir / name
+        p.write_text(text)
+        written.append(p)
+
+    for fmt in RUN_FORMATS:
+        text = render(table, fmt, caption=None if fmt in ("tex", "csv") else cap)
+        write(f"table.{fmt}", text)
+    write("caption.txt", cap + "\n")
+    for key, mat in mcnemar_tables(runs).items():
+        write(f"mcnemar_{key.slug}.csv", mat.to_csv(index_label="model"))
+    write("distances.csv", distance_table(runs).to_csv(index=False))
+    plots = ((runs.manifests[0].get("suite") or {}).get("report") or {}).get("plots", True)
+    if plots:
+        written += _curve_plots(runs, run_dir)
+        written += _example_plots(runs, run_dir)
+    return written

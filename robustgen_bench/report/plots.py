@@ -1,0 +1,99 @@
+"""PNG figures (matplotlib, Agg backend): robust accuracy vs ε, clean/adversarial example grids."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from robustgen_bench.stats import threat_label  # noqa: E402
+
+EXAMPLES_FILE = "examples.safetensors"
+
+
+def plot_robust_accuracy(curve: pd.DataFrame, threat: str, path: Path,
+                         marks: Mapping[float, str] | None = None) -> Path:
+    """Robust accuracy vs ε, one line per model (``curve``: index ε, columns display names).
+
+    ``marks`` draws vertical lines at the suite's budgets (ε -> label).
+    """
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    for model in curve.columns:
+        ax.plot(curve.index.to_numpy(), 100 * curve[model].to_numpy(), label=str(model))
+    for eps, label in (marks or {}).items():
+        ax.axvline(eps, color="grey", linestyle=":", linewidth=1)
+        ax.annotate(label, (eps, 100), fontsize=7, color="grey", ha="left", va="top")
+    ax.set_xlabel(f"{threat_label(threat)} budget ε")
+    ax.set_ylabel("robust accuracy (%)")
+    ax.set_ylim(0, 101)
+    ax.set_xlim(left=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"Robust accuracy from closest {threat_label(threat)} adversarials", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _image(x: torch.Tensor) -> np.ndarray:
+    """(C, H, W) in [0, 1] -> (H, W) or (H, W, C) for imshow."""
+    a = x.detach().float().clamp(0, 1).cpu().numpy()
+    return a[0] if a.shape[0] == 1 else np.transpose(a, (1, 2, 0))
+
+
+def example_grid(tensors: Mapping[str, torch.Tensor], model: str, path: Path,
+                 title: str | None = None, max_examples: int = 8) -> Path | None:
+    """One PNG per model: for each attack a row of clean inputs above a row of adversarials.
+
+    ``tensors`` uses the runner's names ``<model>|<attack>|x`` (N, C, H, W), ``...|x_adv``
+    (N, C, H, W), ``...|y`` (N,) and ``...|adv_pred`` (N,). Returns ``None`` if ``model`` has none.
+    """
+    attacks = sorted({k.rsplit("|", 2)[1] for k in tensors
+                      if k.rsplit("|", 2)[0] == model and k.endswith("|x_adv")})
+    attacks = [a for a in attacks if f"{model}|{a}|x" in tensors]
+    if not attacks:
+        return None
+    n = min(max_examples, max(int(tensors[f"{model}|{a}|x"].shape[0]) for a in attacks))
+    fig, axes = plt.subplots(2 * len(attacks), n, figsize=(1.1 * n, 2.4 * len(attacks)),
+                             squeeze=False, dpi=100)
+    for r, attack in enumerate(attacks):
+        pre = f"{model}|{attack}|"
+        x, x_adv = tensors[pre + "x"], tensors[pre + "x_adv"]
+        y, adv = tensors.get(pre + "y"), tensors.get(pre + "adv_pred")
+        for c in range(n):
+            for row, img, lab in ((2 * r, x, y), (2 * r + 1, x_adv, adv)):
+                ax = axes[row, c]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if c >= img.shape[0]:
+                    ax.axis("off")
+                    continue
+                gray = img.shape[1] == 1
+                ax.imshow(_image(img[c]), cmap="gray" if gray else None, vmin=0, vmax=1)
+                if lab is not None:
+                    ax.set_title(str(int(lab[c])), fontsize=8)
+        axes[2 * r, 0].set_ylabel("clean", fontsize=8)
+        axes[2 * r + 1, 0].set_ylabel(attack, fontsize=8)
+    fig.suptitle(title or model, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def load_examples(run_dir: Path) -> dict[str, torch.Tensor] | None:
+    """The run's saved examples, or ``None`` when the runner saved none."""
+    p = Path(run_dir) / EXAMPLES_FILE
+    if not p.is_file():
+        return None
+    from safetensors.torch import load_file
+
+    return load_file(str(p))

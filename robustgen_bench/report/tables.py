@@ -1,0 +1,72 @@
+"""Paper tables as plain pandas frames (numbers as fractions; formatting happens in render.py).
+
+The accuracy table is a *long* frame, one line per (row, model), with columns
+``group,row,model,accuracy,ci_low,ci_high,n`` in table order: the Clean row, then one group per
+(threat, ε) — its attacks in suite order and its ``All <threat>`` worst-case row. Renderers pivot it
+to the paper layout (columns = models, rows = Clean / group header / attacks / All row).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from robustgen_bench.report.runs import RunSet
+from robustgen_bench.stats import (
+    RowKey,
+    accuracy_frame,
+    mcnemar_matrices,
+    minimal_distances,
+    per_sample_rows,
+    significance_caption,
+)
+
+TABLE_COLUMNS = ["group", "row", "model", "accuracy", "ci_low", "ci_high", "n"]
+
+
+def row_outcomes(runs: RunSet, *, strict: bool = True) -> dict[RowKey, dict[str, pd.Series]]:
+    """Per table row, each model's per-sample correctness (see :func:`stats.per_sample_rows`)."""
+    return per_sample_rows(runs.results, runs.models, runs.attack_order, strict=strict)
+
+
+def accuracy_table(runs: RunSet, *, strict: bool = True, alpha: float = 0.05) -> pd.DataFrame:
+    """Long accuracy frame (:data:`TABLE_COLUMNS`) with Wilson (1 - ``alpha``) intervals."""
+    acc = accuracy_frame(row_outcomes(runs, strict=strict), alpha)
+    acc["model"] = acc.model.map(runs.display)
+    return acc[TABLE_COLUMNS].reset_index(drop=True)
+
+
+def wide(table: pd.DataFrame, value: str = "accuracy") -> pd.DataFrame:
+    """Pivot a long table to index (group, row) x columns models, keeping the table's order."""
+    index = pd.MultiIndex.from_frame(table[["group", "row"]].drop_duplicates())
+    models = list(dict.fromkeys(table.model))
+    out = table.pivot_table(index=["group", "row"], columns="model", values=value,
+                            aggfunc="first", sort=False)
+    return out.reindex(index=index, columns=models)
+
+
+def mcnemar_tables(runs: RunSet) -> dict[RowKey, pd.DataFrame]:
+    """Per row, the McNemar p-value matrix (display names on both axes), corrected per the suite."""
+    mats = mcnemar_matrices(row_outcomes(runs, strict=True), correction=runs.stats.correction)
+    return {k: m.rename(index=runs.display, columns=runs.display) for k, m in mats.items()}
+
+
+def caption(runs: RunSet, table: pd.DataFrame | None = None) -> str:
+    """Thesis-style caption: what the numbers are, the sample count, and the McNemar sentence."""
+    table = accuracy_table(runs) if table is None else table
+    mats = mcnemar_matrices(row_outcomes(runs, strict=True), correction=runs.stats.correction)
+    sentence = significance_caption(mats, runs.names, alpha=runs.stats.alpha,
+                                    correction=runs.stats.correction)
+    ns = sorted(set(int(n) for n in table.n))
+    count = (f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}-{ns[-1]}") if ns else "0"
+    dataset = runs.dataset.get("name")
+    on = f" on {dataset} ({runs.dataset.get('split', 'test')})" if dataset else ""
+    return (f"Results of different models{on}. Reported numbers are accuracy under bounded "
+            f"perturbations with Wilson 95% intervals. Results are based on {count} samples. "
+            + sentence)
+
+
+def distance_table(runs: RunSet) -> pd.DataFrame:
+    """Closest-adversarial distances per model (Table 2.6 style); display names in ``model``."""
+    d = minimal_distances(runs.results, runs.models)
+    d["model"] = d.model.map(runs.display)
+    return d
