@@ -1,0 +1,183 @@
+"""Reports from a real store: golden Markdown, LaTeX structure, CSV contract, run combination,
+written files and the ``rgbench table`` command."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import typer
+from rich.console import Console
+from safetensors.torch import save_file
+from test_stats_store import Cell, Run, write_run
+from typer.testing import CliRunner
+
+from robustgen_bench.errors import UserInputError
+from robustgen_bench.report import render_table, summary_table, write_reports
+from robustgen_bench.report.cli_table import table_command
+from robustgen_bench.report.runs import RunDirError
+
+GOLDEN = Path(__file__).parent / "golden"
+T, F = True, False
+
+
+def small_run(tmp_path: Path, name: str = "small", **kw: object) -> Path:
+    """8 samples, 3 models, an L∞ group with two attacks and an L2 group with one."""
+    models = {"m/cnn": "CNN", "m/adv": "Adv-L∞", "m/abs": "ABS"}
+    clean = {"m/cnn": [T, T, T, T, T, T, T, F], "m/adv": [T, T, T, T, T, T, F, F],
+             "m/abs": [T, T, T, T, T, F, F, F]}
+    cells = [
+        Cell("m/cnn", "pgd", "linf", 0.3, [F, F, F, F, F, F, F, F]),
+        Cell("m/adv", "pgd", "linf", 0.3, [T, T, T, T, F, F, F, F]),
+        Cell("m/abs", "pgd", "linf", 0.3, [T, F, T, F, T, F, F, F]),
+        Cell("m/cnn", "deepfool", "linf", 0.3, [T, F, F, F, F, F, F, F]),
+        Cell("m/adv", "deepfool", "linf", 0.3, [T, T, T, F, T, F, F, F]),
+        Cell("m/abs", "deepfool", "linf", 0.3, [F, T, T, F, T, F, F, F]),
+        Cell("m/cnn", "ddn", "l2", 1.5, [T, T, F, F, F, F, F, F],
+             [2.0, 1.8, 0.4, 0.9, 1.1, 0.2, 0.3, None], True),
+        Cell("m/adv", "ddn", "l2", 1.5, [T, T, T, F, F, F, F, F],
+             [2.5, 3.0, 1.6, 1.0, 0.5, 0.1, None, None], True),
+        Cell("m/abs", "ddn", "l2", 1.5, [T, T, T, T, F, F, F, F],
+             [None, 4.0, 2.2, 1.7, 1.5, None, None, None], True),
+    ]
+    return write_run(tmp_path / name, Run(models, clean, cells, **kw))  # type: ignore[arg-type]
+
+
+def test_markdown_matches_golden_file(tmp_path: Path) -> None:
+    text = render_table([small_run(tmp_path)], "md")
+    golden = GOLDEN / "small_table.md"
+    if os.environ.get("RGBENCH_UPDATE_GOLDEN"):
+        golden.write_text(text)
+    assert text == golden.read_text()
+
+
+def test_markdown_numbers_are_the_hand_counts(tmp_path: Path) -> None:
+    # Independent of the golden file: spot-check cells against counts read off small_run.
+    lines = [ln for ln in render_table([small_run(tmp_path)], "md").splitlines() if ln.startswith("|")]
+    cells = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[2:-1]] for ln in lines}
+    assert cells["Clean"][0].startswith("87.5%")  # CNN 7/8
+    assert cells["All L∞"][1].startswith("37.5%")  # Adv: pgd {0,1,2,3} AND deepfool {0,1,2,4}
+    assert cells["All L∞"][2].startswith("25.0%")  # ABS: {0,2,4} AND {1,2,4} = {2,4}
+    assert cells["**L∞ attack (ε = 0.3)**"] == ["", "", ""]
+
+
+def test_latex_is_a_booktabs_fragment_with_consistent_columns(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "tex", Run({"a": "A&B_1%", "b": "Adv-L∞"},
+                                          {"a": [T, F, T], "b": [T, T, F]},
+                                          [Cell("a", "pgd#1", "linf", 8 / 255, [T, F, F]),
+                                           Cell("b", "pgd#1", "linf", 8 / 255, [F, T, F])]))
+    tex = render_table([run], "tex")
+    lines = [ln for ln in tex.splitlines() if not ln.startswith("%")]
+    assert lines[0] == r"\begin{tabular}{lrr}" and lines[-1] == r"\end{tabular}"
+    assert r"\begin{table}" not in tex  # a fragment to \input inside the paper's float
+    assert [ln for ln in lines if ln in (r"\toprule", r"\bottomrule")] == [r"\toprule", r"\bottomrule"]
+    assert lines[1] == r"\toprule" and lines[-2] == r"\bottomrule"
+    assert lines.count(r"\midrule") == 2  # after the header, before the L∞ group
+    ncols = 3
+    rows = [ln for ln in lines if ln.endswith(r"\\")]
+    for ln in rows:
+        if ln.startswith(r"\multicolumn"):
+            assert ln.startswith(rf"\multicolumn{{{ncols}}}{{l}}")
+        else:
+            assert len(re.findall(r"(?<!\\)&", ln)) == ncols - 1, ln
+    header = rows[0]
+    assert r"A\&B\_1\%" in header and r"Adv-$L_\infty$" in header
+    assert r"pgd\#1" in tex and r"$\epsilon$ = 8/255" in tex
+    assert "%" not in re.sub(r"\\%", "", "\n".join(lines))  # every percent sign escaped
+    body = "\n".join(lines)
+    assert "∞" not in body and "ε" not in body  # Unicode symbols mapped to math mode
+
+
+def test_csv_contract(tmp_path: Path) -> None:
+    df = pd.read_csv(io.StringIO(render_table([small_run(tmp_path)], "csv")))
+    assert list(df.columns) == ["group", "row", "model", "accuracy", "ci_low", "ci_high", "n"]
+    assert pd.api.types.is_float_dtype(df.accuracy)
+    assert df.accuracy.between(0, 1).all() and (df.ci_low <= df.accuracy).all()
+    assert (df.accuracy <= df.ci_high).all() and (df.n == 8).all()
+    assert len(df) == 6 * 3  # (Clean, pgd, deepfool, All L∞, ddn, All L2) x 3 models
+    row = df[(df.row == "All L2") & (df.model == "ABS")].iloc[0]
+    assert row.accuracy == 0.5 and row.group == "L2 attack (ε = 1.5)"
+
+
+def test_write_reports_files(tmp_path: Path) -> None:
+    run = small_run(tmp_path, plots=True)
+    x = torch.rand(4, 1, 28, 28)
+    save_file({"m/cnn|pgd|x": x, "m/cnn|pgd|x_adv": (x + 0.1).clamp(0, 1),
+               "m/cnn|pgd|y": torch.arange(4), "m/cnn|pgd|adv_pred": torch.arange(4) + 1},
+              str(run / "examples.safetensors"))
+    names = {p.name for p in write_reports(run)}
+    assert {"table.md", "table.tex", "table.csv", "table.html", "caption.txt", "distances.csv",
+            "mcnemar_clean.csv", "mcnemar_linf-0.3_all.csv", "mcnemar_l2-1.5_ddn.csv",
+            "robust_accuracy_l2.png", "examples_m-cnn.png"} <= names
+    for n in names:
+        assert (run / n).stat().st_size > 0
+    mat = pd.read_csv(run / "mcnemar_linf-0.3_all.csv", index_col="model")
+    assert list(mat.columns) == list(mat.index) == ["CNN", "Adv-L∞", "ABS"]
+    assert ((mat.fillna(1) >= 0) & (mat.fillna(1) <= 1)).all().all()
+    assert (run / "robust_accuracy_l2.png").read_bytes()[:4] == b"\x89PNG"
+    dist = pd.read_csv(run / "distances.csv")
+    adv = dist[(dist.model == "Adv-L∞") & (dist.attack == "all")].iloc[0]
+    assert adv["median"] == pytest.approx((1.0 + 1.6) / 2) and adv.n_found == 6  # 2 clean-wrong
+
+
+def test_write_reports_without_examples_skips_the_grid(tmp_path: Path) -> None:
+    names = {p.name for p in write_reports(small_run(tmp_path, plots=True))}
+    assert not any(n.startswith("examples_") for n in names)
+
+
+def test_combining_runs_and_refusing_conflicts(tmp_path: Path) -> None:
+    a = small_run(tmp_path, "a")
+    b = write_run(tmp_path / "b", Run({"m/eabs": "E-ABS"}, {"m/eabs": [T] * 8},
+                                      [Cell("m/eabs", "pgd", "linf", 0.3, [T] * 4 + [F] * 4)]))
+    df = pd.read_csv(io.StringIO(render_table([a, b], "csv")))
+    assert list(dict.fromkeys(df.model)) == ["CNN", "Adv-L∞", "ABS", "E-ABS"]
+    e = df[df.model == "E-ABS"].set_index("row")
+    assert e.loc["pgd", "accuracy"] == 0.5 and "ddn" not in e.index
+    # The same (model, attack, ε) with a different configuration in two runs is ambiguous.
+    c = write_run(tmp_path / "c", Run({"m/cnn": "CNN"}, {"m/cnn": [T] * 8},
+                                      [Cell("m/cnn", "pgd", "linf", 0.3, [T] * 8)],
+                                      dataset="mnist"))
+    import sqlite3
+
+    with sqlite3.connect(c / "results.sqlite") as conn:  # give c's pgd cell another config key
+        conn.execute("UPDATE results SET cell_key = 'other' WHERE attack = 'pgd'")
+        conn.execute("UPDATE cells SET cell_key = 'other' WHERE attack = 'pgd'")
+    import json
+
+    man = json.loads((c / "manifest.json").read_text())
+    for cell in man["cells"]:
+        if cell["attack"] == "pgd":
+            cell["key"] = "other"
+    (c / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(RunDirError, match="different configurations"):
+        render_table([a, c], "md")
+
+
+def test_table_command(tmp_path: Path) -> None:
+    app = typer.Typer()
+    app.command()(table_command)
+    app.command("noop")(lambda: None)  # keep typer in multi-command mode, as under rgbench
+    run = small_run(tmp_path)
+    res = CliRunner().invoke(app, ["table-command", str(run), "--format", "csv"])
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith("group,row,model,accuracy,ci_low,ci_high,n\n")
+    out = tmp_path / "t.tex"
+    res = CliRunner().invoke(app, ["table-command", str(run), "--format", "tex", "--out", str(out)])
+    assert res.exit_code == 0 and out.read_text().count(r"\toprule") == 1
+    res = CliRunner().invoke(app, ["table-command", str(run), "--format", "docx"])
+    assert isinstance(res.exception, UserInputError) and "docx" in str(res.exception)
+    res = CliRunner().invoke(app, ["table-command", str(tmp_path / "missing")])
+    assert isinstance(res.exception, UserInputError)
+
+
+def test_summary_table_renders(tmp_path: Path) -> None:
+    table = summary_table(small_run(tmp_path))
+    buf = io.StringIO()
+    Console(file=buf, width=160, color_system=None).print(table)
+    text = buf.getvalue()
+    assert "All L∞" in text and "Adv-L∞" in text and "87.5%" in text
