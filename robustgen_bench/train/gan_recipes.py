@@ -17,7 +17,8 @@ The generator is frozen while encoders train. The written weights file holds the
 the prefixes ``generator.``, ``discriminator.``, ``encoder.``, ``feature_net.``; the family loads
 what its config uses.
 
-Standalone use (before/besides ``rgbench train``)::
+Zoo use: ``rgbench train mnist/gan-abs`` (recipe ``gan_abs``, parts from ``train.parts``).
+Standalone use (same checkpoints when ``--ckpt-dir`` is the entry's)::
 
     python -m robustgen_bench.train.gan_recipes model_zoo/mnist/gan-abs --parts gan --epochs 5
 """
@@ -25,6 +26,8 @@ Standalone use (before/besides ``rgbench train``)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +45,7 @@ from robustgen_bench.defenses.gan_abs import (
     LatentDiscriminator,
     ProjectionDiscriminator,
 )
+from robustgen_bench.train import TrainContext, register_recipe
 
 PARTS = ("gan", "enc", "enc-d", "feature")
 Log = Callable[[str], None]
@@ -60,6 +64,11 @@ class PartSettings:
     limit: int | None = None  # use only the first `limit` training images (tests, timing)
 
 
+def _no_epochs(s: PartSettings) -> PartSettings:
+    """``s`` without its epoch count, which may grow between resumed runs."""
+    return dataclasses.replace(s, epochs=0)
+
+
 def _batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed * 1000 + epoch)
     perm = torch.randperm(n, generator=g)
@@ -71,14 +80,34 @@ def _last_epoch(part_dir: Path) -> int:
     return max(done, default=0)
 
 
+def fingerprint(*parts: object, module: nn.Module | None = None) -> str:
+    """sha256 of the settings (and of ``module``'s weights): what a checkpoint was trained from."""
+    h = hashlib.sha256(repr(parts).encode())
+    if module is not None:
+        for k, v in sorted(module.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def _run_epochs(part_dir: Path, s: PartSettings, modules: dict[str, nn.Module],
                 opts: dict[str, torch.optim.Optimizer], epoch_fn: Callable[[int], dict[str, float]],
-                log: Log) -> None:
-    """Resume from the last checkpoint in ``part_dir``, run the remaining epochs, checkpoint each."""
+                log: Log, origin: str) -> None:
+    """Resume from the last checkpoint in ``part_dir``, run the remaining epochs, checkpoint each.
+
+    ``origin`` fingerprints what the part is trained from (settings, and the frozen generator for
+    the encoders): checkpoints with another origin are stale (e.g. the GAN got more epochs since)
+    and the part starts over.
+    """
     part_dir.mkdir(parents=True, exist_ok=True)
     start = _last_epoch(part_dir)
-    if start:
-        state = torch.load(part_dir / f"epoch_{start}.pt", weights_only=True)
+    state = torch.load(part_dir / f"epoch_{start}.pt", weights_only=True) if start else None
+    if state is not None and state.get("origin") != origin:
+        log(f"{part_dir.name}: checkpoints were trained from something else; starting over")
+        for f in part_dir.glob("epoch_*.pt"):
+            f.unlink()
+        start, state = 0, None
+    if state is not None:
         for k, m in modules.items():
             m.load_state_dict(state["modules"][k])
         for k, o in opts.items():
@@ -90,7 +119,8 @@ def _run_epochs(part_dir: Path, s: PartSettings, modules: dict[str, nn.Module],
         stats = epoch_fn(epoch)
         tmp = part_dir / f"epoch_{epoch}.pt.part"
         torch.save({"modules": {k: m.state_dict() for k, m in modules.items()},
-                    "opts": {k: o.state_dict() for k, o in opts.items()}, "epoch": epoch}, tmp)
+                    "opts": {k: o.state_dict() for k, o in opts.items()}, "epoch": epoch,
+                    "origin": origin}, tmp)
         tmp.replace(part_dir / f"epoch_{epoch}.pt")
         msg = " ".join(f"{k}={v:.4f}" for k, v in stats.items())
         log(f"{part_dir.name}: epoch {epoch}/{s.epochs} {time.time() - t0:.0f}s {msg}")
@@ -126,7 +156,8 @@ def train_gan(x: torch.Tensor, y: torch.Tensor, g: GanGeometry, s: PartSettings,
             tot_g += loss_g.item()
         return {"loss_d": tot_d / len(batches), "loss_g": tot_g / len(batches)}
 
-    _run_epochs(part_dir, s, {"generator": G, "discriminator": D}, {"g": oG, "d": oD}, epoch_fn, log)
+    _run_epochs(part_dir, s, {"generator": G, "discriminator": D}, {"g": oG, "d": oD}, epoch_fn, log,
+                fingerprint("gan", g, _no_epochs(s)))
     return G.eval(), D.eval()
 
 
@@ -179,7 +210,8 @@ def train_encoder(x: torch.Tensor, y: torch.Tensor, G: Generator, D_image: Proje
         return {"rec": tot_rec / len(batches), "adv": tot_adv / len(batches)}
 
     mods: dict[str, nn.Module] = {"encoder": E, "disc": disc}
-    _run_epochs(part_dir, s, mods, {"e": oE, "d": oD}, epoch_fn, log)
+    _run_epochs(part_dir, s, mods, {"e": oE, "d": oD}, epoch_fn, log,
+                fingerprint("encoder", latent_disc, g, _no_epochs(s), module=G))
     return E.eval()
 
 
@@ -205,7 +237,8 @@ def train_feature_net(x: torch.Tensor, y: torch.Tensor, g: GanGeometry, s: PartS
             tot += loss.item()
         return {"ce": tot / len(batches)}
 
-    _run_epochs(part_dir, s, {"feature_net": net}, {"opt": opt}, epoch_fn, log)
+    _run_epochs(part_dir, s, {"feature_net": net}, {"opt": opt}, epoch_fn, log,
+                fingerprint("feature", g, _no_epochs(s)))
     return net.eval()
 
 
@@ -260,6 +293,46 @@ def train_parts(parts: list[str], settings: dict[str, PartSettings], g: GanGeome
 
 def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+@register_recipe("gan_abs")
+def gan_abs_recipe(ctx: TrainContext) -> None:
+    """``rgbench train`` recipe: ``train.parts`` (default [gan]) in order, then save the weights.
+
+    ``train.base`` names another zoo entry whose weights supply the GAN when ``gan`` is not a part
+    (the encoder and feature entries reuse the shipped GAN instead of training their own).
+    """
+    from safetensors.torch import load_file
+
+    from robustgen_bench.errors import ZooError
+    from robustgen_bench.zoo import fetch_weights, get_entry
+
+    parts = ctx.hparam("parts", ["gan"], list)
+    bad = [p for p in parts if p not in PARTS]
+    if bad:
+        raise ZooError(f"unknown part {bad[0]!r}; expected some of {list(PARTS)}",
+                       file=ctx.entry.entry_file, key="train.parts")
+    s = PartSettings(epochs=ctx.epochs, seed=ctx.seed,
+                     batch_size=int(ctx.hparam("batch_size", 64, int)),
+                     lr=float(ctx.hparam("lr", 2e-4, (int, float))),
+                     adv_weight=float(ctx.hparam("adv_weight", 1.0, (int, float))),
+                     noise_max=float(ctx.hparam("noise_max", 0.5, (int, float))))
+    base_weights = None
+    base_id = ctx.entry.train.get("base")
+    if base_id is not None:
+        base = get_entry(str(base_id))
+        base_weights = {}
+        for path in fetch_weights(base).values():
+            base_weights |= load_file(str(path))
+    cfg = dict(ctx.entry.config)
+    if not ctx.resume:  # start over: drop this entry's part checkpoints
+        for part in parts:
+            for f in (ctx.checkpoint_dir / part).glob("epoch_*.pt"):
+                f.unlink()
+    state = train_parts(list(parts), {p: s for p in PARTS}, GanGeometry.from_config(cfg),
+                        ctx.entry.dataset, ctx.checkpoint_dir, data_dir=ctx.data_dir,
+                        base_weights=base_weights, log=ctx.console.print)
+    ctx.save_weights(state)
 
 
 def _main() -> None:
