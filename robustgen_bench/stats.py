@@ -29,6 +29,8 @@ CLEAN = "clean"
 #: Threat order in tables (the thesis prints L∞ before L2).
 THREAT_ORDER = ("linf", "l2")
 THREAT_LABEL = {"linf": "L∞", "l2": "L2"}
+#: Budget tolerance of the attack invariant (attacks/base.py): norm ≤ ε + 1e-6 is within budget.
+NORM_TOLERANCE = 1e-6
 
 
 class SampleSetMismatch(UserInputError):
@@ -387,11 +389,13 @@ def minimal_distances(df: pd.DataFrame, models: Sequence[str] | None = None) -> 
 
 
 def robust_accuracy_curve(df: pd.DataFrame, threat: str, epsilons: Sequence[float],
-                          models: Sequence[str] | None = None) -> pd.DataFrame:
+                          models: Sequence[str] | None = None, *,
+                          tolerance: float = NORM_TOLERANCE) -> pd.DataFrame:
     """Robust accuracy at each ε from the closest adversarial distances (index ε, columns models).
 
-    A sample is robust at ε iff its closest adversarial example is farther than ε (an example at
-    exactly ε is within the budget, as the attack invariant ``norm ≤ ε`` has it).
+    A sample is robust at ε iff its closest adversarial example is farther than ε + ``tolerance``
+    (the attacks' own rule: a perturbation with norm ≤ ε + 1e-6 is within the budget), so the
+    curve at a suite's ε agrees with the stored verdicts of its minimal-norm attacks.
     """
     models = list(models) if models is not None else list(dict.fromkeys(df.model))
     eps = np.asarray(list(epsilons), dtype=float)
@@ -399,5 +403,5 @@ def robust_accuracy_curve(df: pd.DataFrame, threat: str, epsilons: Sequence[floa
     for m in models:
         d = closest_distances(df, m, threat)
         if len(d):
-            cols[m] = [(d.to_numpy() > e).mean() for e in eps]
+            cols[m] = [(d.to_numpy() > e + tolerance).mean() for e in eps]
     return pd.DataFrame(cols, index=pd.Index(eps, name="epsilon"))

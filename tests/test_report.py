@@ -123,6 +123,11 @@ def test_write_reports_files(tmp_path: Path) -> None:
     dist = pd.read_csv(run / "distances.csv")
     adv = dist[(dist.model == "Adv-L∞") & (dist.attack == "all")].iloc[0]
     assert adv["median"] == pytest.approx((1.0 + 1.6) / 2) and adv.n_found == 6  # 2 clean-wrong
+    # Table 2.6 layout (mean / median over clean-correct samples where an adversarial was found)
+    md = (run / "distances.md").read_text()
+    assert "| Adv-L∞ | 75.0% | 1.450 / 1.300 | 1.450 / 1.300 |" in md
+    # ABS: clean-correct samples 0-4, nothing found on sample 0; (4.0+2.2+1.7+1.5)/4, median 1.95
+    assert md.splitlines()[-1] == "| ABS | 62.5% | 2.350 / 1.950 (1 unbroken) | 2.350 / 1.950 (1 unbroken) |"
 
 
 def test_write_reports_without_examples_skips_the_grid(tmp_path: Path) -> None:

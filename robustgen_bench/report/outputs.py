@@ -10,7 +10,13 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
-from robustgen_bench.report.render import render, to_rich
+from robustgen_bench.report.render import (
+    distance_display,
+    distances_latex,
+    distances_markdown,
+    render,
+    to_rich,
+)
 from robustgen_bench.report.runs import RunSet, load_runs
 from robustgen_bench.report.tables import accuracy_table, caption, distance_table, mcnemar_tables
 from robustgen_bench.stats import THREAT_ORDER, closest_distances, format_epsilon, robust_accuracy_curve
@@ -85,7 +91,8 @@ def write_reports(run_dir: str | Path) -> list[Path]:
     """Write tables, McNemar matrices, caption, distances and plots into ``run_dir``.
 
     Files: table.{md,tex,csv,html}, caption.txt, mcnemar_<row>.csv (one p-value matrix per row
-    with two or more models), distances.csv, robust_accuracy_<threat>.png (from minimal-norm
+    with two or more models), distances.csv (+ distances.{md,tex} in Table 2.6 layout when there
+    are minimal-norm attacks), robust_accuracy_<threat>.png (from minimal-norm
     attacks) and examples_<model>.png (when the runner saved examples.safetensors), unless the
     suite's ``report.plots`` is false. Refuses rows whose models saw different samples.
     """
@@ -106,7 +113,15 @@ def write_reports(run_dir: str | Path) -> list[Path]:
     write("caption.txt", cap + "\n")
     for key, mat in mcnemar_tables(runs).items():
         write(f"mcnemar_{key.slug}.csv", mat.to_csv(index_label="model"))
-    write("distances.csv", distance_table(runs).to_csv(index=False))
+    distances = distance_table(runs)
+    write("distances.csv", distances.to_csv(index=False))
+    if len(distances):
+        clean = table[table.row == "Clean"].set_index("model").accuracy.to_dict()
+        disp = distance_display(distances, clean)
+        write("distances.md", "Mean / median distance of the closest adversarial example found by "
+              "the minimal-norm attacks (clean-correct samples where one was found).\n\n"
+              + distances_markdown(disp))
+        write("distances.tex", distances_latex(disp))
     plots = ((runs.manifests[0].get("suite") or {}).get("report") or {}).get("plots", True)
     if plots:
         written += _curve_plots(runs, run_dir)

@@ -163,3 +163,42 @@ def render(table: pd.DataFrame, fmt: str, *, caption: str | None = None) -> str:
         return buf.getvalue()
     raise FormatError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}",
                       key="--format")
+
+
+def distance_display(distances: pd.DataFrame, clean: dict[str, float]) -> pd.DataFrame:
+    """Table 2.6 layout: one line per model, clean accuracy, then "mean / median" per attack.
+
+    ``distances`` is :func:`tables.distance_table`; the ``all`` columns are the closest over the
+    threat's minimal-norm attacks. A "(k unbroken)" note counts clean-correct samples no attack broke.
+    """
+    models = list(dict.fromkeys(distances.model))
+    columns: dict[str, dict[str, str]] = {"Clean accuracy": {
+        m: format_cell(clean.get(m, math.nan), math.nan, math.nan, ci=False) for m in models}}
+    for (threat, attack), part in distances.groupby(["threat", "attack"], sort=False):
+        label = f"{'All' if attack == 'all' else attack} ({'L∞' if threat == 'linf' else 'L2'})"
+        col: dict[str, str] = {}
+        for r in part.itertuples(index=False):
+            text = MISSING if math.isnan(r.mean) else f"{r.mean:.3f} / {r.median:.3f}"
+            if r.n_not_found:
+                text += f" ({r.n_not_found} unbroken)"
+            col[r.model] = text
+        columns[label] = col
+    disp = pd.DataFrame({k: [v.get(m, MISSING) for m in models] for k, v in columns.items()})
+    disp.insert(0, "Model", models)
+    return disp
+
+
+def distances_markdown(disp: pd.DataFrame) -> str:
+    """Markdown for :func:`distance_display`."""
+    out = ["| " + " | ".join(disp.columns) + " |",
+           "|" + "|".join([":---"] + ["---:"] * (len(disp.columns) - 1)) + "|"]
+    out += ["| " + " | ".join(str(v).replace("|", r"\|") for v in line) + " |"
+            for line in disp.itertuples(index=False)]
+    return "\n".join(out) + "\n"
+
+
+def distances_latex(disp: pd.DataFrame) -> str:
+    """Booktabs fragment for :func:`distance_display`."""
+    styler = (disp.style.hide(axis="index").format(escape="latex")
+              .format_index(escape="latex", axis=1))
+    return _latex_symbols(styler.to_latex(hrules=True, column_format="l" + "r" * (disp.shape[1] - 1)))
