@@ -153,7 +153,7 @@ def clean_correct(df: pd.DataFrame, model: str) -> pd.Series:
     return _series(derived, "_clean_ok")
 
 
-def worst_case(per_attack: Sequence[pd.Series], *, strict: bool = True) -> pd.Series:
+def worst_case(per_attack: Sequence[pd.Series], *, strict: bool = True, what: str = "") -> pd.Series:
     """Per-sample worst case: a sample is robust only if it is robust to *every* attack.
 
     This is a logical AND per sample, never an average of accuracies. With ``strict`` the attacks
@@ -164,9 +164,11 @@ def worst_case(per_attack: Sequence[pd.Series], *, strict: bool = True) -> pd.Se
     index = per_attack[0].index
     for s in per_attack[1:]:
         if strict and not index.equals(s.index):
+            where = f" ({what})" if what else ""
             raise SampleSetMismatch(
-                "attacks of one group were run on different samples; the worst case over attacks "
-                "needs the same samples for every attack")
+                f"attacks of one group{where} were run on different samples ({len(index)} vs "
+                f"{len(s)}); the worst case over attacks needs the same samples for every attack. "
+                "Finish the run (re-run the same command resumes it) before writing reports")
         index = index.intersection(s.index)
     out = pd.Series(True, index=index)
     for s in per_attack:
@@ -220,7 +222,7 @@ def per_sample_rows(df: pd.DataFrame, models: Sequence[str] | None = None,
                            if k.kind == "attack" and k.threat == key.threat
                            and k.epsilon == key.epsilon and m in out[k]]
                 if members:
-                    row[m] = worst_case(members, strict=strict)
+                    row[m] = worst_case(members, strict=strict, what=f"{m}, {key.group}")
         out[key] = row
     return out
 

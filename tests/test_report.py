@@ -186,3 +186,16 @@ def test_summary_table_renders(tmp_path: Path) -> None:
     Console(file=buf, width=160, color_system=None).print(table)
     text = buf.getvalue()
     assert "All L∞" in text and "Adv-L∞" in text and "87.5%" in text
+
+
+def test_leaderboard_files_name_their_command(tmp_path: Path) -> None:
+    from robustgen_bench.report.leaderboard import main
+
+    run = small_run(tmp_path)
+    assert main([str(run), "--out", str(tmp_path / "lb")]) == 0
+    md = (tmp_path / "lb" / "small.md").read_text().splitlines()
+    tex = (tmp_path / "lb" / "small.tex").read_text().splitlines()
+    cmd = f"python -m robustgen_bench.report.leaderboard {run.as_posix()} --out {(tmp_path / 'lb').as_posix()}"
+    assert cmd in md[0] and md[0].startswith("<!--") and cmd in tex[0] and tex[0].startswith("%")
+    assert render_table([run], "md").splitlines()[0] in md  # the same table as `rgbench table`
+    assert r"\toprule" in tex and "## Closest adversarial distances (mean / median)" in md

@@ -30,6 +30,8 @@ from robustgen_bench.stats import (
     wilson_interval,
 )
 
+T, F = True, False
+
 
 def _paired(both: int, a_only: int, b_only: int, neither: int) -> tuple[np.ndarray, np.ndarray]:
     a = [True] * both + [True] * a_only + [False] * b_only + [False] * neither
@@ -204,3 +206,13 @@ def test_format_epsilon() -> None:
     assert format_epsilon(8 / 255) == "8/255"
     assert format_epsilon(1.5) == "1.5"
     assert format_epsilon(0.2) == "0.2"
+
+
+def test_incomplete_group_is_refused_strictly_and_intersected_leniently(tmp_path: Path) -> None:
+    cells = [Cell("a", "pgd", "linf", 0.3, [T, T, F, T]),
+             Cell("a", "deepfool", "linf", 0.3, [T, F, T], samples=[100, 101, 102])]
+    run = load_runs([write_run(tmp_path / "r", Run({"a": "A"}, {"a": [T] * 4}, cells))])
+    with pytest.raises(SampleSetMismatch, match="a, L∞ attack"):
+        accuracy_table(run)
+    lenient = accuracy_table(run, strict=False).set_index("row")
+    assert (lenient.loc["All L∞", "n"], lenient.loc["All L∞", "accuracy"]) == (3, 1 / 3)
