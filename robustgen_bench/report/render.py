@@ -14,6 +14,7 @@ import re
 
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from robustgen_bench.errors import UserInputError
@@ -137,13 +138,13 @@ def to_rich(table: pd.DataFrame, *, ci: bool = True, title: str | None = None) -
     out = Table(title=title, show_lines=False)
     out.add_column("", style="bold")
     for m in disp.columns[1:]:
-        out.add_column(str(m), justify="right")
+        out.add_column(escape(str(m)), justify="right")
     for i, line in enumerate(disp.itertuples(index=False)):
         if i in headers:
             out.add_section()
-            out.add_row(f"[italic]{line[0]}[/italic]", *[""] * (len(disp.columns) - 1))
+            out.add_row(f"[italic]{escape(line[0])}[/italic]", *[""] * (len(disp.columns) - 1))
         else:
-            out.add_row(*[str(v) for v in line])
+            out.add_row(*[escape(str(v)) for v in line])
     return out
 
 
