@@ -1,0 +1,92 @@
+"""``rgbench zoo list|check`` and ``rgbench train``: thin wrappers that render library results.
+
+Exit codes: 0 success, 1 a check failed, 2 bad input (UserInputError, message printed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from robustgen_bench.errors import UserInputError
+
+zoo_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                      help="List and check model-zoo entries.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _user_error(e: UserInputError) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+    return typer.Exit(2)
+
+
+@zoo_app.command("list")
+def list_command(
+    root: Annotated[Optional[Path], typer.Option(help="Zoo root (else $RGBENCH_ZOO or model_zoo/).")] = None,
+) -> None:
+    """Every zoo entry with its dataset, family and measured clean accuracy."""
+    from robustgen_bench.zoo import entry_ids, parse_entry, zoo_root
+
+    base = root or zoo_root()
+    table = Table(title=f"model zoo ({base})")
+    for col in ("id", "name", "dataset", "family", "randomized", "clean acc (n)"):
+        table.add_column(col)
+    for entry_id in entry_ids(base):
+        try:
+            e = parse_entry(base / entry_id / "entry.yaml", base)
+        except UserInputError as err:  # list the broken entry instead of stopping
+            table.add_row(entry_id, f"[red]invalid: {err.detail}[/]", "", "", "", "")
+            continue
+        acc = e.measured.get("clean_accuracy")
+        shown = f"{acc:.4f} ({e.measured.get('n', '?')})" if isinstance(acc, (int, float)) else "-"
+        table.add_row(e.id, e.name, e.dataset, e.family or f"builder {e.builder}",
+                      "yes" if e.adaptive.randomized else "no", shown)
+    console.print(table)
+
+
+@zoo_app.command("check")
+def check_command(
+    ids: Annotated[Optional[list[str]], typer.Argument(help="Entry ids (default: all).")] = None,
+    n: Annotated[int, typer.Option("--n", help="Test images for the clean-accuracy check.")] = 500,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Dataset root (else $RGBENCH_DATA).")] = None,
+    root: Annotated[Optional[Path], typer.Option(help="Zoo root (else $RGBENCH_ZOO or model_zoo/).")] = None,
+) -> None:
+    """Validate, verify sha256, load, compare clean accuracy, check gradients and randomness."""
+    from robustgen_bench.zoo_check import check_entries
+
+    if n < 1:
+        raise _user_error(UserInputError(f"expected a positive number, got {n}", key="--n"))
+    report = check_entries(ids or None, n=n, data_dir=data_dir, root=root)
+    table = Table(title="zoo check")
+    for col in ("entry", "check", "result", "message"):
+        table.add_column(col)
+    for r in report.results:
+        table.add_row(r.entry_id, r.check, "[green]pass[/]" if r.ok else "[red]FAIL[/]", r.message)
+    console.print(table)
+    if not report.ok:
+        failed = ", ".join(f"{r.entry_id}:{r.check}" for r in report.failures) or "no entries checked"
+        err_console.print(f"[bold red]failed:[/] {failed}", highlight=False)
+        raise typer.Exit(1)
+    console.print(f"[green]all {len(report.results)} checks passed")
+
+
+def train_command(
+    entry_id: Annotated[str, typer.Argument(help="Zoo entry id, e.g. mnist/cnn.")],
+    epochs: Annotated[Optional[int], typer.Option(help="Total epochs (default: train.epochs).")] = None,
+    no_resume: Annotated[bool, typer.Option("--no-resume", help="Ignore existing checkpoints.")] = False,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Dataset root (else $RGBENCH_DATA).")] = None,
+) -> None:
+    """Train ENTRY_ID with its recipe; writes weights.safetensors and updates its sha256."""
+    from robustgen_bench.train import train_entry
+
+    try:
+        path = train_entry(entry_id, resume=not no_resume, epochs=epochs, data_dir=data_dir,
+                           console=console)
+    except UserInputError as e:
+        raise _user_error(e) from None
+    console.print(f"wrote {path}; re-measure with `rgbench zoo check {entry_id} --n 10000`")
