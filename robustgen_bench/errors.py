@@ -50,7 +50,7 @@ def did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:
     """A ' Did you mean ...?' suffix from difflib, or the list of choices."""
     import difflib
 
-    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
+    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.6)
     if close:
         return " Did you mean " + " or ".join(repr(c) for c in close) + "?"
     if len(choices) <= 20:
