@@ -75,6 +75,23 @@ def check_command(
     console.print(f"[green]all {len(report.results)} checks passed")
 
 
+@zoo_app.command("measure")
+def measure_command(
+    entry_id: Annotated[str, typer.Argument(help="Zoo entry id, e.g. mnist/cnn.")],
+    n: Annotated[int, typer.Option("--n", help="First N test images.")] = 10000,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Dataset root (else $RGBENCH_DATA).")] = None,
+    root: Annotated[Optional[Path], typer.Option(help="Zoo root (else $RGBENCH_ZOO or model_zoo/).")] = None,
+) -> None:
+    """Measure deployed clean accuracy and record it in the entry's measured: block."""
+    from robustgen_bench.zoo_check import measure_clean_accuracy
+
+    try:
+        acc = measure_clean_accuracy(entry_id, n=n, data_dir=data_dir, root=root)
+    except UserInputError as e:
+        raise _user_error(e) from None
+    console.print(f"{entry_id}: clean accuracy {acc:.4f} on the first {n} test images (recorded)")
+
+
 def train_command(
     entry_id: Annotated[str, typer.Argument(help="Zoo entry id, e.g. mnist/cnn.")],
     epochs: Annotated[Optional[int], typer.Option(help="Total epochs (default: train.epochs).")] = None,

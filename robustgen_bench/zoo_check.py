@@ -188,3 +188,36 @@ def check_entries(ids: list[str] | None, n: int = 500, data_dir: str | Path | No
             continue
         check_entry(entry_id, report, n, root, data)
     return report
+
+
+def measure_clean_accuracy(entry_id: str, *, n: int = 10000, data_dir: str | Path | None = None,
+                           root: Path | None = None, write: bool = True) -> float:
+    """Deployed ``predict`` accuracy on the first ``n`` test images; optionally recorded in entry.yaml.
+
+    Writing rewrites the ``clean_accuracy:`` and ``n:`` values of the ``measured:`` block as
+    text, so comments and key order survive.
+    """
+    import re
+
+    from robustgen_bench.data import load_tensors
+    from robustgen_bench.zoo import get_entry
+
+    root = root or zoo_root()
+    entry = get_entry(entry_id, root)
+    defense = build_defense(entry)
+    x, y = load_tensors(entry.dataset, "test", data_dir)
+    x, y = x[:n], y[:n]
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(y), 500):
+            correct += int((defense.predict(x[i:i + 500]).argmax(1) == y[i:i + 500]).sum())
+    acc = correct / len(y)
+    if write:
+        text = entry.entry_file.read_text()
+        block = re.search(r"^measured:.*?(?=^\S|\Z)", text, flags=re.M | re.S)
+        if block is None:
+            raise ZooError("no measured: block to record into", file=entry.entry_file, key="measured")
+        body = re.sub(r"(clean_accuracy:\s*)(null|[0-9.eE+-]+)", rf"\g<1>{acc:.4f}", block.group(0), count=1)
+        body = re.sub(r"(\bn:\s*)(\d+)", rf"\g<1>{len(y)}", body, count=1)
+        entry.entry_file.write_text(text[:block.start()] + body + text[block.end():])
+    return acc

@@ -175,3 +175,17 @@ def test_cli_check_and_list(user_zoo: Path, monkeypatch: pytest.MonkeyPatch) -> 
     bad = runner.invoke(zoo_app, ["check", "--n", "100", "--root", str(user_zoo)])
     assert bad.exit_code == 1
     assert "mnist/user-cnn:sha256" in bad.output
+
+
+def test_measure_records_accuracy(user_zoo: Path) -> None:
+    from robustgen_bench.zoo_check import measure_clean_accuracy
+
+    f = user_zoo / "mnist/user-cnn/entry.yaml"
+    sha = sha256_file(f.parent / "weights.safetensors")
+    f.write_text(_entry_yaml(sha, 0.5).replace("clean_accuracy: 0.5", "clean_accuracy: null"))
+    assert "measured.clean_accuracy" in _failed(check_entries(None, n=100, root=user_zoo), "clean_accuracy")
+    acc = measure_clean_accuracy("mnist/user-cnn", n=300, root=user_zoo)
+    entry = get_entry("mnist/user-cnn", user_zoo)
+    assert entry.measured["clean_accuracy"] == round(acc, 4) and entry.measured["n"] == 300
+    assert "# a comment that must survive" in f.read_text()
+    assert check_entries(None, n=300, root=user_zoo).ok

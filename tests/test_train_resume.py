@@ -1,0 +1,131 @@
+"""Training contract: recipe registry, per-epoch checkpoint + resume, in-place sha256 update."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from robustgen_bench.errors import ZooError
+from robustgen_bench.train import (TrainContext, get_recipe, register_recipe, train_entry,
+                                   update_sha256)
+from robustgen_bench.train.loop import batch_indices, run_epochs
+from robustgen_bench.zoo import get_entry, sha256_file
+
+
+@register_recipe("test_tiny")
+def tiny_recipe(ctx: TrainContext) -> None:
+    """A small MLP with dropout and input noise on synthetic data, so RNG state matters."""
+    torch.manual_seed(ctx.seed)
+    x = torch.randn(300, 20, generator=torch.Generator().manual_seed(1))
+    y = (x[:, 0] > 0).long()
+    model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 2))
+    opt = torch.optim.Adam(model.parameters(), lr=float(ctx.hparam("lr", 1e-2, (int, float))))
+
+    def epoch_fn(epoch: int) -> dict[str, float]:
+        model.train()
+        for idx in batch_indices(len(y), 64, ctx.seed, epoch):
+            opt.zero_grad()
+            xb = x[idx] + 0.1 * torch.randn_like(x[idx])
+            loss = nn.functional.cross_entropy(model(xb), y[idx])
+            loss.backward()
+            opt.step()
+        return {"loss": float(loss.detach())}
+
+    run_epochs(ctx, {"model": model}, {"opt": opt}, epoch_fn)
+    ctx.save_weights(model.state_dict())
+
+
+ENTRY = textwrap.dedent("""\
+    # tiny entry used by the training tests
+    id: toy/tiny
+    name: Tiny
+    family: cnn
+    dataset: mnist
+    weights:
+      file: weights.safetensors
+      sha256: "{sha}"   # rewritten by training
+    adaptive: {{gradient: exact, randomized: false, eot: 1}}
+    train: {{recipe: {recipe}, epochs: 2, seed: 3, lr: 0.01}}
+    """)
+
+
+def _zoo(tmp: Path, name: str, recipe: str = "test_tiny") -> Path:
+    root = tmp / name
+    (root / "toy" / "tiny").mkdir(parents=True)
+    (root / "toy" / "tiny" / "entry.yaml").write_text(ENTRY.format(sha="0" * 64, recipe=recipe))
+    return root
+
+
+def test_two_epochs_equal_one_plus_resume(tmp_path: Path) -> None:
+    a, b = _zoo(tmp_path, "a"), _zoo(tmp_path, "b")
+    wa = train_entry("toy/tiny", root=a, checkpoint_root=tmp_path / "ck_a")
+    train_entry("toy/tiny", epochs=1, root=b, checkpoint_root=tmp_path / "ck_b")
+    one = load_file(str(b / "toy/tiny/weights.safetensors"))
+    wb = train_entry("toy/tiny", epochs=2, root=b, checkpoint_root=tmp_path / "ck_b")
+    sa, sb = load_file(str(wa)), load_file(str(wb))
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], one[k]) for k in sa)  # the resumed epoch did train
+    # without resume, the 1-epoch checkpoint is ignored and training restarts: same result again
+    wc = train_entry("toy/tiny", epochs=2, resume=False, root=b, checkpoint_root=tmp_path / "ck_b")
+    assert all(torch.equal(sa[k], v) for k, v in load_file(str(wc)).items())
+
+
+def test_sha256_updated_in_place(tmp_path: Path) -> None:
+    root = _zoo(tmp_path, "z")
+    w = train_entry("toy/tiny", root=root, checkpoint_root=tmp_path / "ck")
+    text = (root / "toy/tiny/entry.yaml").read_text()
+    assert "# tiny entry used by the training tests" in text and "# rewritten by training" in text
+    assert get_entry("toy/tiny", root).weights[0].sha256 == sha256_file(w)
+
+
+def test_changed_config_refuses_stale_checkpoint(tmp_path: Path) -> None:
+    root = _zoo(tmp_path, "z")
+    train_entry("toy/tiny", epochs=1, root=root, checkpoint_root=tmp_path / "ck")
+    f = root / "toy/tiny/entry.yaml"
+    f.write_text(f.read_text().replace("lr: 0.01", "lr: 0.02"))
+    with pytest.raises(ZooError, match="no-resume"):
+        train_entry("toy/tiny", epochs=2, root=root, checkpoint_root=tmp_path / "ck")
+
+
+def test_update_sha256_picks_the_named_file(tmp_path: Path) -> None:
+    f = tmp_path / "entry.yaml"
+    f.write_text(textwrap.dedent(f"""\
+        weights:
+          - {{file: a.safetensors, sha256: "{'1' * 64}", role: a}}  # first
+          - file: b.safetensors
+            role: b
+            sha256: "{'2' * 64}"
+        """))
+    update_sha256(f, "b.safetensors", "f" * 64)
+    update_sha256(f, "a.safetensors", "e" * 64)
+    text = f.read_text()
+    assert f'file: a.safetensors, sha256: "{"e" * 64}"' in text and "# first" in text
+    assert f'sha256: "{"f" * 64}"' in text and "1" * 64 not in text and "2" * 64 not in text
+
+
+def test_unknown_recipe(tmp_path: Path) -> None:
+    root = _zoo(tmp_path, "z", recipe="test_tinny")
+    with pytest.raises(ZooError) as e:
+        train_entry("toy/tiny", root=root, checkpoint_root=tmp_path / "ck")
+    assert e.value.key == "train.recipe" and "test_tiny" in str(e.value)
+    with pytest.raises(KeyError, match="cnn_noise"):
+        get_recipe("cnn_nois")
+
+
+def test_train_cli_bad_input_exits_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from robustgen_bench.cli_zoo import train_command
+
+    monkeypatch.setenv("RGBENCH_ZOO", str(_zoo(tmp_path, "z", recipe="nope")))
+    app = typer.Typer()
+    app.command()(train_command)
+    res = CliRunner().invoke(app, ["toy/tiny"])
+    assert res.exit_code == 2 and "train.recipe" in res.output

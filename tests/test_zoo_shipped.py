@@ -1,0 +1,37 @@
+"""The shipped CNN baselines: family behaviour and `zoo check` on the trained weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from robustgen_bench.defenses import get_family
+from robustgen_bench.zoo import entry_ids, get_entry
+from robustgen_bench.zoo_check import check_entries
+
+CNN_ENTRIES = [f"{ds}/{name}" for ds in ("mnist", "fashion-mnist")
+               for name in ("cnn", "adv-linf", "adv-l2", "gaussian-cnn")]
+
+
+def test_cnn_family_is_deterministic_and_exactly_differentiable(mnist_test_small) -> None:
+    torch.manual_seed(0)
+    model = get_family("cnn")({}, entry=None).eval()
+    assert model.conv[-3].out_channels * 3 * 3 == model.head.in_features == 576  # Table 2.1
+    x = mnist_test_small[0][:4].clone().requires_grad_(True)
+    logits = model.surrogate_logits(x)
+    assert logits.shape == (4, 10)
+    assert torch.equal(logits.detach(), model.predict(x))
+    (g,) = torch.autograd.grad(logits[:, 0].sum(), x)
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
+    with pytest.raises(ValueError, match="unknown config key"):
+        get_family("cnn")({"widht": 3}, entry=None)
+
+
+@pytest.mark.parametrize("entry_id", CNN_ENTRIES)
+def test_shipped_entry_passes_check(entry_id: str) -> None:
+    assert entry_id in entry_ids()
+    entry = get_entry(entry_id)
+    if set(entry.weights[0].sha256) == {"0"}:
+        pytest.skip(f"{entry_id} not trained yet")
+    report = check_entries([entry_id], n=200)
+    assert report.ok, [r for r in report.results if not r.ok]
