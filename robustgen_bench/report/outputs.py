@@ -93,7 +93,7 @@ def write_reports(run_dir: str | Path) -> list[Path]:
     Files: table.{md,tex,csv,html}, caption.txt, mcnemar_<row>.csv (one p-value matrix per row
     with two or more models), distances.csv (+ distances.{md,tex} in Table 2.6 layout when there
     are minimal-norm attacks), robust_accuracy_<threat>.png (from minimal-norm
-    attacks) and examples_<model>.png (when the runner saved examples.safetensors), unless the
+    attacks), mcnemar_<All row>.png heat maps and examples_<model>.png (when the runner saved examples.safetensors), unless the
     suite's ``report.plots`` is false. Refuses rows whose models saw different samples.
     """
     run_dir = Path(run_dir)
@@ -111,7 +111,8 @@ def write_reports(run_dir: str | Path) -> list[Path]:
         text = render(table, fmt, caption=None if fmt in ("tex", "csv") else cap)
         write(f"table.{fmt}", text)
     write("caption.txt", cap + "\n")
-    for key, mat in mcnemar_tables(runs).items():
+    matrices = mcnemar_tables(runs)
+    for key, mat in matrices.items():
         write(f"mcnemar_{key.slug}.csv", mat.to_csv(index_label="model"))
     distances = distance_table(runs)
     write("distances.csv", distances.to_csv(index=False))
@@ -124,6 +125,12 @@ def write_reports(run_dir: str | Path) -> list[Path]:
         write("distances.tex", distances_latex(disp))
     plots = ((runs.manifests[0].get("suite") or {}).get("report") or {}).get("plots", True)
     if plots:
+        from robustgen_bench.report.plots import plot_pvalues
+
+        for key, mat in matrices.items():
+            if key.kind == "all":  # the thesis's "McNemar's test p values" figures
+                written.append(plot_pvalues(mat, run_dir / f"mcnemar_{key.slug}.png",
+                                            f"McNemar p-values\n{key.group}", runs.stats.alpha))
         written += _curve_plots(runs, run_dir)
         written += _example_plots(runs, run_dir)
     return written

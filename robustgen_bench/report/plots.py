@@ -97,3 +97,35 @@ def load_examples(run_dir: Path) -> dict[str, torch.Tensor] | None:
     from safetensors.torch import load_file
 
     return load_file(str(p))
+
+
+def plot_pvalues(matrix: pd.DataFrame, path: Path, title: str, alpha: float = 0.01) -> Path:
+    """Heat map of a McNemar p-value matrix (models x models), as under the thesis's Tables 2.2-2.5.
+
+    Cells are annotated with the p-value; those not significant at ``alpha`` are outlined.
+    """
+    k = len(matrix)
+    fig, ax = plt.subplots(figsize=(2.2 + 0.9 * k, 1.2 + 0.8 * k), dpi=120)
+    values = matrix.to_numpy(dtype=float)
+    shown = np.where(np.isnan(values), np.nan, np.log10(np.clip(values, 1e-300, 1.0)))
+    vmin = min(-10.0, float(np.nanmin(shown, initial=0.0)))
+    im = ax.imshow(shown, cmap="viridis", vmin=vmin, vmax=0)  # dark = small p
+    for i in range(k):
+        for j in range(k):
+            p = values[i, j]
+            if np.isnan(p):
+                continue
+            ax.text(j, i, f"{p:.2g}", ha="center", va="center", fontsize=7,
+                    color="white" if shown[i, j] < vmin / 2 else "black")
+            if not p < alpha:
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red",
+                                           linewidth=1.5))
+    names = [str(m) for m in matrix.index]
+    ax.set_xticks(range(k), names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k), names, fontsize=8)
+    fig.colorbar(im, ax=ax, label="log10 p")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
