@@ -113,7 +113,7 @@ def test_write_reports_files(tmp_path: Path) -> None:
     names = {p.name for p in write_reports(run)}
     assert {"table.md", "table.tex", "table.csv", "table.html", "caption.txt", "distances.csv",
             "mcnemar_clean.csv", "mcnemar_linf-0.3_all.csv", "mcnemar_l2-1.5_ddn.csv",
-            "robust_accuracy_l2.png", "examples_m-cnn.png", "mcnemar_linf-0.3_all.png"} <= names
+            "robust_accuracy_l2.png", "robust_accuracy_l2.csv", "examples_m-cnn.png", "mcnemar_linf-0.3_all.png"} <= names
     for n in names:
         assert (run / n).stat().st_size > 0
     mat = pd.read_csv(run / "mcnemar_linf-0.3_all.csv", index_col="model")

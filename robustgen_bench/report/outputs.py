@@ -69,6 +69,9 @@ def _curve_plots(runs: RunSet, run_dir: Path) -> list[Path]:
             continue
         grid = np.linspace(0.0, 1.05 * hi, CURVE_POINTS)
         curve = robust_accuracy_curve(df, threat, grid, runs.models).rename(columns=runs.display)
+        csv_path = run_dir / f"robust_accuracy_{threat}.csv"
+        curve.to_csv(csv_path)
+        out.append(csv_path)
         marks = {e: f"ε={format_epsilon(e)}" for e in budgets}
         out.append(plot_robust_accuracy(curve, threat, run_dir / f"robust_accuracy_{threat}.png",
                                         marks))
@@ -92,8 +95,8 @@ def write_reports(run_dir: str | Path) -> list[Path]:
 
     Files: table.{md,tex,csv,html}, caption.txt, mcnemar_<row>.csv (one p-value matrix per row
     with two or more models), distances.csv (+ distances.{md,tex} in Table 2.6 layout when there
-    are minimal-norm attacks), robust_accuracy_<threat>.png (from minimal-norm
-    attacks), mcnemar_<All row>.png heat maps and examples_<model>.png (when the runner saved examples.safetensors), unless the
+    are minimal-norm attacks), robust_accuracy_<threat>.{png,csv} (from
+    minimal-norm attacks), mcnemar_<All row>.png heat maps and examples_<model>.png (when the runner saved examples.safetensors), unless the
     suite's ``report.plots`` is false. Refuses rows whose models saw different samples.
     """
     run_dir = Path(run_dir)
