@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
-from robustgen_bench.errors import ZooError, did_you_mean
+from robustgen_bench.errors import RuntimeFailure, ZooError, did_you_mean
 from robustgen_bench.zoo import ZooEntry, get_entry, sha256_file
 
 Recipe = Callable[["TrainContext"], None]
@@ -205,7 +205,7 @@ def train_entry(entry_id: str, *, resume: bool = True, epochs: int | None = None
     ctx.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     recipe(ctx)
     if not ctx.weights_written:
-        raise RuntimeError(f"recipe {recipe_name!r} finished without calling ctx.save_weights")
+        raise RuntimeFailure(f"recipe {recipe_name!r} finished without calling ctx.save_weights")
     return ctx.weights_written[-1]
 
 
