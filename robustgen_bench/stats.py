@@ -179,6 +179,8 @@ def worst_case(per_attack: Sequence[pd.Series], *, strict: bool = True, what: st
 def row_keys(df: pd.DataFrame, attack_order: Sequence[str] = ()) -> list[RowKey]:
     """Rows in table order: Clean, then per (threat, ε) group its attacks and its ``All`` row.
 
+    A group with a single attack gets no ``All`` row (it would repeat the attack's row).
+
     Groups are ordered L∞ then L2, ε ascending; attacks by ``attack_order`` (the suite's order),
     unknown ones alphabetically after.
     """
@@ -192,7 +194,8 @@ def row_keys(df: pd.DataFrame, attack_order: Sequence[str] = ()) -> list[RowKey]
             names = attacks[(attacks.threat == threat) & (attacks.epsilon == eps)].attack.unique()
             names = sorted(names, key=lambda a: (rank.get(a, len(rank)), a))
             keys += [RowKey("attack", threat, float(eps), a) for a in names]
-            keys.append(RowKey("all", threat, float(eps)))
+            if len(names) > 1:  # with one attack the worst case is that attack's row
+                keys.append(RowKey("all", threat, float(eps)))
     return keys
 
 
@@ -303,14 +306,21 @@ def mcnemar_matrices(rows: Mapping[RowKey, Mapping[str, pd.Series]], *, correcti
             for k, r in rows.items() if len(r) >= 2}
 
 
+def worst_case_keys(keys: Sequence[RowKey]) -> list[RowKey]:
+    """The worst-case row of each (threat, ε) group: its ``All`` row, or its only attack's row."""
+    groups_with_all = {(k.threat, k.epsilon) for k in keys if k.kind == "all"}
+    return [k for k in keys if k.kind == "all"
+            or (k.kind == "attack" and (k.threat, k.epsilon) not in groups_with_all)]
+
+
 def significance_caption(matrices: Mapping[RowKey, pd.DataFrame], names: Mapping[str, str],
                          *, alpha: float = 0.01, correction: str = "none") -> str:
-    """The thesis-style sentence on the worst-case (``All``) rows.
+    """The thesis-style sentence on the worst-case rows (``All``, or a group's only attack).
 
     e.g. "McNemar's test shows that all differences are significant (p < 0.01) except for:
     Adv-L∞ and ABS under L2 attacks, and ABS and E-ABS under L∞ attacks."
     """
-    all_rows = [k for k in matrices if k.kind == "all"]
+    all_rows = worst_case_keys(list(matrices))
     if not all_rows:
         all_rows = [k for k in matrices if k.kind == "clean"]
     if not all_rows:
@@ -319,6 +329,7 @@ def significance_caption(matrices: Mapping[RowKey, pd.DataFrame], names: Mapping
     for k in all_rows:
         eps_per_threat.setdefault(k.threat, set()).add(k.epsilon)
     exceptions: list[str] = []
+    n_pairs = 0
     for k in all_rows:
         mat = matrices[k]
         if k.kind == "clean":
@@ -328,6 +339,7 @@ def significance_caption(matrices: Mapping[RowKey, pd.DataFrame], names: Mapping
             if len(eps_per_threat[k.threat]) > 1:
                 where += f" (ε = {format_epsilon(k.epsilon)})"
         for a, b in itertools.combinations(mat.index, 2):
+            n_pairs += 1
             p = mat.loc[a, b]
             if not p < alpha:
                 exceptions.append(f"{names.get(a, a)} and {names.get(b, b)} {where}")
@@ -335,6 +347,8 @@ def significance_caption(matrices: Mapping[RowKey, pd.DataFrame], names: Mapping
     head = f"McNemar's test shows that all differences are significant ({level})"
     if not exceptions:
         return head + "."
+    if len(exceptions) == n_pairs:
+        return f"McNemar's test shows no significant difference (at {level}) between any two models."
     if len(exceptions) == 1:
         return f"{head} except for {exceptions[0]}."
     return f"{head} except for: {', '.join(exceptions[:-1])}, and {exceptions[-1]}."

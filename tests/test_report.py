@@ -99,8 +99,8 @@ def test_csv_contract(tmp_path: Path) -> None:
     assert pd.api.types.is_float_dtype(df.accuracy)
     assert df.accuracy.between(0, 1).all() and (df.ci_low <= df.accuracy).all()
     assert (df.accuracy <= df.ci_high).all() and (df.n == 8).all()
-    assert len(df) == 6 * 3  # (Clean, pgd, deepfool, All L∞, ddn, All L2) x 3 models
-    row = df[(df.row == "All L2") & (df.model == "ABS")].iloc[0]
+    assert len(df) == 5 * 3  # (Clean, pgd, deepfool, All L∞, ddn) x 3 models; no All for 1 attack
+    row = df[(df.row == "ddn") & (df.model == "ABS")].iloc[0]
     assert row.accuracy == 0.5 and row.group == "L2 attack (ε = 1.5)"
 
 

@@ -127,13 +127,17 @@ def test_worst_case_is_per_sample_and_not_an_average(tmp_path: Path) -> None:
 
 def test_worst_case_groups_split_by_threat_and_epsilon(tmp_path: Path) -> None:
     cells = [Cell("a", "pgd", "linf", 0.1, [True, True, False]),
+             Cell("a", "deepfool", "linf", 0.1, [False, True, True]),
              Cell("a", "pgd", "linf", 0.3, [True, False, False]),
              Cell("a", "pgd-l2", "l2", 1.5, [False, False, True])]
     run = load_runs([write_run(tmp_path / "r", Run({"a": "A"}, {"a": [True] * 3}, cells))])
     table = accuracy_table(run)
+    assert list(dict.fromkeys(table.group)) == ["Clean", "L∞ attack (ε = 0.1)", "L∞ attack (ε = 0.3)",
+                                                "L2 attack (ε = 1.5)"]
+    # Only the two-attack group gets an All row; a one-attack group's worst case is its row.
     alls = table[table.row.str.startswith("All")]
-    assert list(alls.group) == ["L∞ attack (ε = 0.1)", "L∞ attack (ε = 0.3)", "L2 attack (ε = 1.5)"]
-    assert list(alls.accuracy) == pytest.approx([2 / 3, 1 / 3, 1 / 3])
+    assert list(alls.group) == ["L∞ attack (ε = 0.1)"] and list(alls.accuracy) == [1 / 3]
+    assert list(table.row) == ["Clean", "pgd", "deepfool", "All L∞", "pgd", "pgd-l2"]
 
 
 def test_clean_row_is_derived_from_any_row_when_no_clean_cell(tmp_path: Path) -> None:
@@ -216,3 +220,11 @@ def test_incomplete_group_is_refused_strictly_and_intersected_leniently(tmp_path
         accuracy_table(run)
     lenient = accuracy_table(run, strict=False).set_index("row")
     assert (lenient.loc["All L∞", "n"], lenient.loc["All L∞", "accuracy"]) == (3, 1 / 3)
+
+
+def test_caption_when_nothing_is_significant(tmp_path: Path) -> None:
+    cells = [Cell(m, "pgd", "linf", 0.3, [T, F, T, F]) for m in "ab"]
+    run = load_runs([write_run(tmp_path / "r", Run({"a": "A", "b": "B"}, {m: [T] * 4 for m in "ab"},
+                                                    cells))])
+    assert caption(run).endswith("McNemar's test shows no significant difference (at p < 0.01) "
+                                 "between any two models.")

@@ -19,7 +19,13 @@ from robustgen_bench.report.render import (
 )
 from robustgen_bench.report.runs import RunSet, load_runs
 from robustgen_bench.report.tables import accuracy_table, caption, distance_table, mcnemar_tables
-from robustgen_bench.stats import THREAT_ORDER, closest_distances, format_epsilon, robust_accuracy_curve
+from robustgen_bench.stats import (
+    THREAT_ORDER,
+    closest_distances,
+    format_epsilon,
+    robust_accuracy_curve,
+    worst_case_keys,
+)
 
 #: Table formats written into every run directory.
 RUN_FORMATS = ("md", "tex", "csv", "html")
@@ -96,7 +102,7 @@ def write_reports(run_dir: str | Path) -> list[Path]:
     Files: table.{md,tex,csv,html}, caption.txt, mcnemar_<row>.csv (one p-value matrix per row
     with two or more models), distances.csv (+ distances.{md,tex} in Table 2.6 layout when there
     are minimal-norm attacks), robust_accuracy_<threat>.{png,csv} (from
-    minimal-norm attacks), mcnemar_<All row>.png heat maps and examples_<model>.png (when the runner saved examples.safetensors), unless the
+    minimal-norm attacks), mcnemar_<worst-case row>.png heat maps and examples_<model>.png (when the runner saved examples.safetensors), unless the
     suite's ``report.plots`` is false. Refuses rows whose models saw different samples.
     """
     run_dir = Path(run_dir)
@@ -130,10 +136,9 @@ def write_reports(run_dir: str | Path) -> list[Path]:
     if plots:
         from robustgen_bench.report.plots import plot_pvalues
 
-        for key, mat in matrices.items():
-            if key.kind == "all":  # the thesis's "McNemar's test p values" figures
-                written.append(plot_pvalues(mat, run_dir / f"mcnemar_{key.slug}.png",
-                                            f"McNemar p-values\n{key.group}", runs.stats.alpha))
+        for key in worst_case_keys(list(matrices)):  # the thesis's "McNemar's test p values"
+            written.append(plot_pvalues(matrices[key], run_dir / f"mcnemar_{key.slug}.png",
+                                        f"McNemar p-values\n{key.group}", runs.stats.alpha))
         written += _curve_plots(runs, run_dir)
         written += _example_plots(runs, run_dir)
     return written
