@@ -1,0 +1,424 @@
+"""ABS-like generative classifiers (thesis chapter 2): ABS, E-ABS and the A/D/V ablations.
+
+Families ``abs`` and ``eabs`` share one builder and differ only in their defaults. For an input x
+and every class k the defense searches a latent code that explains x under class k's generator
+G_k and classifies by the best class score (logits = -score):
+
+    score_k(x) = scale_k · ( ||x - G_k(z*_k)||² + β · prior(z*_k) ) / S
+
+Inference (batched over samples and classes):
+1. Candidate search: the best of ``n_init`` latent candidates (drawn once with a fixed seed,
+   decoded once per model and cached as non-persistent buffers) by one matrix product
+   ``||x||² - 2 x·G + ||G||²`` per class; E-ABS adds the encoder's output as candidate n_init+1.
+2. ``steps`` Adam steps (lr ``lr``) on the latent, all samples and classes at once; after each
+   step the mean is projected onto the L2 ball of ``radius``.
+   - fixed-variance ABS (``variational: false``): optimise z only; prior = ½||z||² (the KL of
+     N(z, 1) to N(0, 1) up to a constant) or -log D_k(z) with ``aae``.
+   - variational (E-ABS, ablation V, eq. 2.6): optimise μ and log σ² of q(z) = N(μ, σ²) with the
+     reparameterisation trick, one sample per step; prior = -log D_k(z) with ``aae``, else
+     KL(q || N(0, I)). The final score uses one fresh sample z* ~ q*: predictions are randomized.
+3. Logits from the final latent.
+
+Config keys (``entry.yaml`` → ``config``):
+- ``architecture``: ``table2.1`` (thesis Table 2.1, ``defenses.modules.GenerativeNets``; the
+  :class:`~robustgen_bench.defenses.modules.Geometry` fields are also accepted) or ``schott2019``
+  (the authors' per-class VAEs, ``defenses.schott``).
+- ``latent_dim`` (10 for table2.1, 8 for schott2019), ``num_classes`` (10).
+- ``shared_encoder`` (ablation D): one encoder for all classes (table2.1 only).
+- ``aae`` (ablation A): prior term -log D(z); discriminators present (1 if shared else K).
+- ``variational`` (ablation V): optimise mean and log-variance (randomized inference).
+- ``n_init`` (8000) candidates; ``candidate_keep`` (0.9): the candidates are the ``n_init`` draws of
+  highest density among ``int(n_init / candidate_keep)`` draws from N(0, I) (Schott et al.);
+  ``candidate_seed`` (22): seed of numpy's legacy ``RandomState`` used for these draws.
+- ``steps`` (50) Adam updates, ``lr`` (0.05), ``beta`` (1.0).
+- ``radius`` (null): L2 ball radius of the latent mean after every step; null = no projection.
+- ``encoder_candidate``: include the encoder's (μ, log σ²) as an extra candidate (E-ABS).
+- ``binarize`` (null or a threshold): inputs become ``x > threshold`` first; gradients pass it
+  as the identity (straight-through).
+- ``class_scales`` (null or K floats): per-class factors multiplying the scores (binary ABS).
+- ``score_scale``: ``mean`` divides scores by the number of pixels D (Schott et al.), ``sum`` by 1.
+
+Weights: ``load_weight_files({role: path})``. A file whose role is ``class_<k>`` holds class k's
+VAE with keys ``Encoder.*`` and ``Decoder.*`` (the authors' format); any other file holds the
+whole ``nets.state_dict()`` (keys of ``GenerativeNets``, no prefix). ``.safetensors`` files load
+with safetensors, anything else with ``torch.load(weights_only=True)``; loading is strict.
+
+Adaptive hook (``surrogate_logits``): the inner optimisation runs without gradients; the class
+losses are then evaluated at the detached z* with x requiring grad, so
+d score_k / dx = 2 (x - G_k(z*_k)) · scale_k / S (eq. 2.9).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from robustgen_bench.defenses import register_family
+from robustgen_bench.defenses.base import Defense
+from robustgen_bench.defenses.modules import GenerativeNets, Geometry
+from robustgen_bench.defenses.schott import SchottNets, load_torch_state, straight_through_binarize
+from robustgen_bench.errors import ZooError, did_you_mean
+
+ARCHITECTURES = ("table2.1", "schott2019")
+SCORE_SCALES = ("mean", "sum")
+_CLASS_ROLE = re.compile(r"^class_(\d+)$")
+# Rows of candidates decoded at once when building the cache (bounds peak memory).
+_DECODE_CHUNK = 2000
+
+
+@dataclass(frozen=True)
+class AbsConfig:
+    """Validated inference and architecture settings (see the module docstring)."""
+
+    architecture: str = "table2.1"
+    latent_dim: int | None = None
+    num_classes: int = 10
+    shared_encoder: bool = False
+    aae: bool = False
+    variational: bool = False
+    n_init: int = 8000
+    candidate_keep: float = 0.9
+    candidate_seed: int = 22
+    steps: int = 50
+    lr: float = 0.05
+    beta: float = 1.0
+    radius: float | None = None
+    encoder_candidate: bool = False
+    binarize: float | None = None
+    class_scales: tuple[float, ...] | None = None
+    score_scale: str = "mean"
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], defaults: Mapping[str, Any]) -> AbsConfig:
+        """Merge ``defaults`` and ``config``; ValueError on unknown keys or bad values."""
+        own = {f.name for f in dataclasses.fields(cls)}
+        known = own | set(Geometry.__dataclass_fields__)
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise ValueError(f"unknown config key {unknown[0]!r}.{did_you_mean(unknown[0], sorted(known))}")
+        kw = {**defaults, **{k: v for k, v in config.items() if k in own}}
+        if kw.get("binarize") is False:  # `binarize: false` reads as "no binarisation"
+            kw["binarize"] = None
+        if kw.get("class_scales") is not None:
+            kw["class_scales"] = tuple(float(s) for s in kw["class_scales"])
+        cfg = cls(**kw)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture {self.architecture!r}: expected one of {list(ARCHITECTURES)}")
+        if self.score_scale not in SCORE_SCALES:
+            raise ValueError(f"score_scale {self.score_scale!r}: expected one of {list(SCORE_SCALES)}")
+        if self.n_init < 1 or self.steps < 0 or self.lr <= 0 or self.beta < 0:
+            raise ValueError("expected n_init >= 1, steps >= 0, lr > 0, beta >= 0")
+        if not 0 < self.candidate_keep <= 1:
+            raise ValueError(f"candidate_keep {self.candidate_keep}: expected a fraction in (0, 1]")
+        if self.radius is not None and self.radius <= 0:
+            raise ValueError(f"radius {self.radius}: expected a positive number or null")
+        if self.binarize is not None and not 0 < self.binarize < 1:
+            raise ValueError(f"binarize {self.binarize}: expected a threshold in (0, 1) or null")
+        if self.class_scales is not None and (
+                len(self.class_scales) != self.num_classes or min(self.class_scales) <= 0):
+            raise ValueError(f"class_scales: expected {self.num_classes} positive numbers")
+        if self.architecture == "schott2019" and (self.aae or self.shared_encoder):
+            raise ValueError("schott2019 has per-class VAEs: aae and shared_encoder must be false")
+
+    @property
+    def n_discriminators(self) -> int:
+        if not self.aae:
+            return 0
+        return 1 if self.shared_encoder else self.num_classes
+
+
+def build_nets(cfg: AbsConfig, config: Mapping[str, Any]) -> nn.Module:
+    """The generative networks: ``GenerativeNets`` (table2.1) or ``SchottNets`` (schott2019)."""
+    if cfg.architecture == "schott2019":
+        return SchottNets(latent_dim=cfg.latent_dim or 8, num_classes=cfg.num_classes)
+    geo_cfg = {k: v for k, v in config.items() if k in Geometry.__dataclass_fields__}
+    if cfg.latent_dim is not None:
+        geo_cfg["latent_dim"] = cfg.latent_dim
+    return GenerativeNets(Geometry.from_config(geo_cfg), num_classes=cfg.num_classes,
+                          shared_encoder=cfg.shared_encoder, n_discriminators=cfg.n_discriminators)
+
+
+def sample_candidates(n: int, dim: int, keep: float, seed: int) -> torch.Tensor:
+    """(n, dim) latents: the n of highest N(0, I) density among int(n / keep) draws.
+
+    Drawn with numpy's legacy ``RandomState(seed).multivariate_normal`` like Schott et al.
+    (scipy's ``multivariate_normal.rvs`` uses the same generator), ties kept as they do.
+    """
+    rs = np.random.RandomState(seed)
+    draws = rs.multivariate_normal(np.zeros(dim), np.eye(dim), size=int(n / keep))
+    sq = (draws ** 2).sum(1)  # density is monotone decreasing in ||z||²
+    order = np.argsort(sq, kind="stable")[:n]
+    return torch.from_numpy(draws[np.sort(order)].astype(np.float32))
+
+
+def load_class_state(nets: nn.Module, k: int, state: Mapping[str, torch.Tensor]) -> None:
+    """Load class k's VAE (keys ``Encoder.*``, ``Decoder.*``) into ``encoders[k]``/``decoders[k]``."""
+    enc = {n[len("Encoder."):]: v for n, v in state.items() if n.startswith("Encoder.")}
+    dec = {n[len("Decoder."):]: v for n, v in state.items() if n.startswith("Decoder.")}
+    if len(enc) + len(dec) != len(state):
+        bad = sorted(n for n in state if not n.startswith(("Encoder.", "Decoder.")))
+        raise RuntimeError(f"unexpected keys {bad[:5]}")
+    if len(nets.encoders) != len(nets.decoders):
+        raise RuntimeError("per-class files need one encoder per class (shared_encoder: false)")
+    nets.encoders[k].load_state_dict(enc, strict=True)
+    nets.decoders[k].load_state_dict(dec, strict=True)
+
+
+def _load_state(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return load_torch_state(path)
+
+
+@dataclass
+class LatentState:
+    """Result of the inner optimisation for a batch: tensors are (K, N, L) per class and sample."""
+
+    mu: torch.Tensor
+    logvar: torch.Tensor | None  # None for fixed-variance ABS
+
+
+class ABSDefense(Defense):
+    """ABS / E-ABS classifier on (N, C, H, W) images in [0, 1] → logits (N, K)."""
+
+    def __init__(self, cfg: AbsConfig, nets: nn.Module) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.nets = nets
+        self.num_classes = cfg.num_classes
+        self.randomized = cfg.variational
+        self.latent_dim = int(cfg.latent_dim or (8 if cfg.architecture == "schott2019" else 10))
+        scales = torch.tensor(cfg.class_scales or [1.0] * cfg.num_classes, dtype=torch.float32)
+        self.register_buffer("class_scales", scales, persistent=False)
+        # Candidate cache (built lazily from the current weights, dropped when weights change):
+        # latents (M, L), decoded images (K, M, D), their squared norms and prior terms (K, M).
+        for name in ("_cand_z", "_cand_images", "_cand_sq", "_cand_prior"):
+            self.register_buffer(name, None, persistent=False)
+
+    # ----------------------------------------------------------------- weights and cache
+    def load_weight_files(self, paths: Mapping[str, Path]) -> None:
+        """Load the verified weights files strictly (see the module docstring for the format)."""
+        per_class: dict[int, Path] = {}
+        whole: list[Path] = []
+        for role, path in paths.items():
+            m = _CLASS_ROLE.match(role)
+            if m:
+                per_class[int(m.group(1))] = Path(path)
+            else:
+                whole.append(Path(path))
+        try:
+            if whole and per_class or len(whole) > 1:
+                raise RuntimeError("expected one whole-model file or one class_<k> file per class")
+            if whole:
+                self.nets.load_state_dict(_load_state(whole[0]), strict=True)
+            else:
+                if sorted(per_class) != list(range(self.num_classes)):
+                    raise RuntimeError(f"expected roles class_0 .. class_{self.num_classes - 1}, "
+                                       f"got {sorted(paths)}")
+                for k, path in per_class.items():
+                    load_class_state(self.nets, k, _load_state(path))
+        except RuntimeError as e:
+            raise ZooError(f"weights do not match the architecture: {str(e)[:400]}") from None
+        self.clear_cache()
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        out = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self.clear_cache()
+        return out
+
+    def clear_cache(self) -> None:
+        """Forget the decoded candidates (call after changing the weights in place)."""
+        self._cand_z = self._cand_images = self._cand_sq = self._cand_prior = None
+
+    @torch.no_grad()
+    def build_cache(self) -> None:
+        """Decode the ``n_init`` candidates once per class: (K, M, D) images and (K, M) terms."""
+        z = sample_candidates(self.cfg.n_init, self.latent_dim, self.cfg.candidate_keep,
+                              self.cfg.candidate_seed).to(self._device())
+        images, priors = [], []
+        for k in range(self.num_classes):
+            chunks = [self._decode(k, z[i:i + _DECODE_CHUNK]).flatten(1)
+                      for i in range(0, len(z), _DECODE_CHUNK)]
+            images.append(torch.cat(chunks))
+            priors.append(self._prior(k, z))
+        self._cand_images = torch.stack(images)
+        self._cand_sq = self._cand_images.pow(2).sum(-1)
+        self._cand_prior = torch.stack(priors)
+        self._cand_z = z
+
+    def _device(self) -> torch.device:
+        return next(self.nets.parameters()).device
+
+    # ----------------------------------------------------------------- model pieces
+    def _decode(self, k: int, z: torch.Tensor) -> torch.Tensor:
+        """Class k's generator: z (M, L) → images (M, C, H, W)."""
+        return self.nets.decoders[k](z)
+
+    def _prior(self, k: int, z: torch.Tensor) -> torch.Tensor:
+        """Prior term of a point latent for class k: z (M, L) → (M,); -log D_k(z) or ½||z||²."""
+        if self.cfg.aae:
+            disc = self.nets.discriminators[0 if len(self.nets.discriminators) == 1 else k]
+            return -F.logsigmoid(disc(z))
+        return 0.5 * z.pow(2).sum(-1)
+
+    def _score_scale(self, d: int) -> float:
+        return 1.0 / d if self.cfg.score_scale == "mean" else 1.0
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Binarise (straight-through) when configured; returns (N, C, H, W)."""
+        if self.cfg.binarize is not None:
+            return straight_through_binarize(x, self.cfg.binarize)
+        return x
+
+    # ----------------------------------------------------------------- inference
+    @torch.no_grad()
+    def initial_latents(self, x: torch.Tensor) -> LatentState:
+        """Best candidate per sample and class: x (N, C, H, W) → LatentState with (K, N, L)."""
+        if self._cand_images is None:
+            self.build_cache()
+        xf = x.flatten(1)
+        x_sq = xf.pow(2).sum(-1)
+        beta = self.cfg.beta
+        best_idx, best_val = [], []
+        for k in range(self.num_classes):
+            # ||x - G||² + β prior = ||x||² - 2 x·G + ||G||² + β prior, as one matrix product.
+            const = self._cand_sq[k] + beta * self._cand_prior[k]
+            scores = torch.addmm(const.unsqueeze(0), xf, self._cand_images[k].T, alpha=-2.0)
+            val, idx = scores.min(dim=1)
+            best_idx.append(idx)
+            best_val.append(val + x_sq)
+        mu = self._cand_z[torch.stack(best_idx)]  # (K, N, L)
+        logvar = torch.zeros_like(mu) if self.cfg.variational else None
+        if self.cfg.encoder_candidate:
+            values = torch.stack(best_val)
+            mu, logvar = self._encoder_candidate(x, mu, logvar, values)
+        return LatentState(mu=mu.clone(), logvar=logvar)
+
+    def _encoder_candidate(self, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor | None,
+                           values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Replace the candidate by the encoder's output where it scores lower (E-ABS, 8000 + 1)."""
+        xf = x.flatten(1)
+        encs = self.nets.encoders
+        enc_out = [encs[0].latent(x)] * self.num_classes if len(encs) == 1 else [e.latent(x) for e in encs]
+        for k, (e_mu, e_logvar) in enumerate(enc_out):
+            rec = self._decode(k, e_mu).flatten(1)
+            val = (xf - rec).pow(2).sum(-1) + self.cfg.beta * self._prior(k, e_mu)
+            better = val < values[k]
+            mu[k][better] = e_mu[better]
+            if logvar is not None:
+                logvar[k][better] = e_logvar[better]
+        return mu, logvar
+
+    def _objective(self, xf: torch.Tensor, state: LatentState, eps: torch.Tensor | None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class losses before scaling: reconstructions (K, N, D) and prior terms (K, N).
+
+        Fixed variance: at z = μ. Variational: at z = μ + σ·eps (one reparameterised sample).
+        """
+        z = state.mu
+        if state.logvar is not None:
+            assert eps is not None
+            z = state.mu + torch.exp(0.5 * state.logvar) * eps
+        recs, priors = [], []
+        for k in range(self.num_classes):
+            recs.append(self._decode(k, z[k]).flatten(1))
+            if state.logvar is not None and not self.cfg.aae:
+                # KL(N(μ, σ²) || N(0, I)), closed form.
+                lv = state.logvar[k]
+                priors.append(0.5 * (state.mu[k].pow(2) + lv.exp() - lv - 1.0).sum(-1))
+            else:
+                priors.append(self._prior(k, z[k]))
+        return torch.stack(recs), torch.stack(priors)
+
+    def optimise(self, x: torch.Tensor) -> LatentState:
+        """The inner optimisation (no gradient to x): x (N, C, H, W) → LatentState (K, N, L)."""
+        x = x.detach()
+        state = self.initial_latents(x)
+        if self.cfg.steps == 0:
+            return state
+        xf = x.flatten(1)
+        scale = self._score_scale(xf.shape[1])
+        params = [state.mu.requires_grad_(True)]
+        if state.logvar is not None:
+            params.append(state.logvar.requires_grad_(True))
+        opt = torch.optim.Adam(params, lr=self.cfg.lr)
+        with torch.enable_grad():
+            for _ in range(self.cfg.steps):
+                eps = torch.randn_like(state.mu) if state.logvar is not None else None
+                recs, priors = self._objective(xf, state, eps)
+                # Sum over samples and classes: Adam is element-wise, so each (sample, class)
+                # latent follows its own trajectory, as in the authors' implementation.
+                loss = ((xf.unsqueeze(0) - recs).pow(2).sum(-1) + self.cfg.beta * priors).sum() * scale
+                grads = torch.autograd.grad(loss, params)
+                for p, g in zip(params, grads):
+                    p.grad = g
+                opt.step()
+                if self.cfg.radius is not None:
+                    with torch.no_grad():
+                        norm = state.mu.norm(dim=-1, keepdim=True)
+                        state.mu.mul_(torch.clamp(self.cfg.radius / norm.clamp_min(1e-12), max=1.0))
+        return LatentState(mu=state.mu.detach(),
+                           logvar=None if state.logvar is None else state.logvar.detach())
+
+    @torch.no_grad()
+    def final_terms(self, xf: torch.Tensor, state: LatentState) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reconstructions G_k(z*) (K, N, D) and prior terms (K, N) at the optimum (z* ~ q* if variational)."""
+        eps = torch.randn_like(state.mu) if state.logvar is not None else None
+        return self._objective(xf, state, eps)
+
+    def _logits(self, x: torch.Tensor, recs: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
+        """-(scaled class scores): x (N, C, H, W) (may require grad), recs (K, N, D) → (N, K)."""
+        xf = x.flatten(1)
+        scores = (xf.unsqueeze(0) - recs).pow(2).sum(-1) + self.cfg.beta * priors  # (K, N)
+        scores = scores * self._score_scale(xf.shape[1]) * self.class_scales.unsqueeze(1)
+        return -scores.T
+
+    def surrogate_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Detached-z* logits (N, K): d(-logit_k)/dx = 2 (x - G_k(z*_k)) · scale_k / S."""
+        xp = self._prepare(x)
+        state = self.optimise(xp.detach())
+        recs, priors = self.final_terms(xp.detach().flatten(1), state)
+        return self._logits(xp, recs, priors)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Deployed inference (fresh randomness when variational): (N, C, H, W) → logits (N, K)."""
+        with torch.no_grad():
+            return self.surrogate_logits(x)
+
+
+ABS_DEFAULTS: dict[str, Any] = {}
+EABS_DEFAULTS: dict[str, Any] = {
+    "shared_encoder": True, "aae": True, "variational": True, "encoder_candidate": True,
+}
+
+
+def _build(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> ABSDefense:
+    cfg = AbsConfig.from_config(config, defaults)
+    return ABSDefense(cfg, build_nets(cfg, config))
+
+
+@register_family("abs")
+def build_abs(config: dict, *, entry: object = None) -> ABSDefense:
+    """ABS (Schott et al.): per-class VAEs, fixed-variance inference; ablations via the config."""
+    return _build(config, ABS_DEFAULTS)
+
+
+@register_family("eabs")
+def build_eabs(config: dict, *, entry: object = None) -> ABSDefense:
+    """E-ABS: shared encoder, AAE discriminator, variational inference, encoder candidate."""
+    return _build(config, EABS_DEFAULTS)
