@@ -30,7 +30,7 @@ def test_reports_from_a_real_run(tmp_zoo: Path, tmp_path: Path) -> None:
     (tmp_path / "suite.yaml").write_text(SUITE)
     out = run_suite(load_suite(tmp_path / "suite.yaml"), tmp_path / "run")
     names = {p.name for p in write_reports(out)}
-    assert {"table.md", "table.tex", "mcnemar_linf-0.2_all.csv", "distances.csv",
+    assert {"table.md", "table.tex", "mcnemar_linf-0.2_pgd.csv", "mcnemar_linf-0.2_pgd.png", "distances.csv",
             "robust_accuracy_l2.png"} <= names
     df = read_results(out)
     table = pd.read_csv(out / "table.csv")
