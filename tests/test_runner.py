@@ -27,7 +27,7 @@ dataset: {{name: mnist, split: test, n: {n}, seed: 1}}
 models: [mnist/tiny-cnn, mnist/tiny-noisy]
 run: {{batch_size: {bs}, verify_draws: 3}}
 attacks:
-  - {{id: pgd, library: foolbox, attack: LinfPGD, threat: linf, epsilon: [0.05, 0.3], steps: {steps}}}
+  - {{id: pgd, library: foolbox, attack: LinfPGD, threat: linf, epsilon: [0.05, 0.3], steps: {steps}, rel_stepsize: 0.25}}
 """
 
 
@@ -107,8 +107,8 @@ def _count(db: Path) -> int:
 
 
 def test_sigkill_then_resume_equals_uninterrupted_run(tmp_zoo, tmp_path):
-    n, bs = 240, 4
-    suite = suite_file(tmp_path, n=n, bs=bs, steps=20)
+    n, bs = 60, 2
+    suite = suite_file(tmp_path, n=n, bs=bs, steps=10)
     total = 2 * 3 * n
     cmd = [sys.executable, "-m", "robustgen_bench.cli", "run", str(suite)]
     env = {**os.environ, "RGBENCH_ZOO": str(tmp_zoo)}
@@ -118,7 +118,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_zoo, tmp_path):
     proc = subprocess.Popen(cmd + ["--run-dir", str(killed_dir)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and _count(db) < n + 40:
+    while time.time() < deadline and proc.poll() is None and _count(db) < n + 6:
         time.sleep(0.02)
     assert proc.poll() is None, "the run finished before it could be killed; make it longer"
     os.kill(proc.pid, signal.SIGKILL)
