@@ -275,7 +275,8 @@ def require_same_samples(per_model: Mapping[str, pd.Series], what: str = "") -> 
             raise SampleSetMismatch(
                 f"cannot compare {m0!r} and {m1!r}{where}: they were evaluated on different samples "
                 f"({len(s0)} vs {len(s1)} samples; {only0} only in {m0!r}, {only1} only in {m1!r}). "
-                "Compare runs of the same suite dataset (name, split, n, seed).")
+                "Compare runs of the same suite dataset (name, split, n, seed), and finish an "
+                "interrupted run first (re-running the same command resumes it).")
 
 
 def mcnemar_matrix(per_model: Mapping[str, pd.Series], *, correction: str = "none",
