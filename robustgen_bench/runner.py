@@ -23,12 +23,11 @@ from typing import Any
 
 import torch
 
-from robustgen_bench.adaptive import AdaptiveSpec
 from robustgen_bench.attacks.spec import AttackSpec
+from robustgen_bench.attacks.verification import majority_vote, predict_draws
 from robustgen_bench.config import Suite
 from robustgen_bench.data import EvalSubset, load_subset
 from robustgen_bench.store import CellInfo, ResultRow, ResultStore, read_results, write_manifest
-from robustgen_bench.threat import Threat
 from robustgen_bench.zoo import ZooEntry, build_defense, get_entry
 
 log = logging.getLogger(__name__)
@@ -80,22 +79,6 @@ def plan(suite: Suite) -> list[Cell]:
         for a in suite.attacks:
             cells.append(Cell(mid, a, cell_key(entry, suite, a)))
     return cells
-
-
-def majority(draws: torch.Tensor) -> torch.Tensor:
-    """Per-sample majority vote over draws (D, N) → (N,); ties go to the smallest label."""
-    k = int(draws.max().item()) + 1 if draws.numel() else 1
-    counts = torch.zeros(draws.shape[1], k, dtype=torch.long)
-    counts.scatter_add_(1, draws.T, torch.ones_like(draws.T))
-    return counts.argmax(1)
-
-
-def predict_draws(defense: Any, adaptive: AdaptiveSpec, x: torch.Tensor, draws: int
-                  ) -> torch.Tensor:
-    """Predicted labels (D, N) from ``draws`` calls of the deployed ``predict`` (1 if deterministic)."""
-    d = draws if adaptive.randomized else 1
-    with torch.no_grad():
-        return torch.stack([defense.predict(x).argmax(1) for _ in range(d)])
 
 
 def _batches(n: int, size: int) -> list[range]:
@@ -262,8 +245,10 @@ def _run_clean(store: ResultStore, suite: Suite, cell: Cell, entry: ZooEntry, de
                 t0 = time.perf_counter()
                 with torch.random.fork_rng():
                     torch.manual_seed(_batch_seed(suite.dataset.seed, b.start))
-                    draws = predict_draws(defense, entry.adaptive, subset.x[idx], suite.run.verify_draws)
-                pred = majority(draws)
+                    # Same verdict rule as attacks: majority of draws, ties to the true label.
+                    n_draws = suite.run.verify_draws if entry.adaptive.randomized else 1
+                    draws = predict_draws(defense, subset.x[idx], n_draws)
+                pred = majority_vote(draws, subset.y[idx])
                 rows = [ResultRow(sample_index=int(subset.indices[i]), label=int(subset.y[i]),
                                   clean_pred=int(pred[j]), adv_pred=int(pred[j]),
                                   adv_correct=bool(pred[j] == subset.y[i]), distance=None,
@@ -278,4 +263,4 @@ def _run_clean(store: ResultStore, suite: Suite, cell: Cell, entry: ZooEntry, de
     return torch.tensor([by_index[int(i)] for i in subset.indices], dtype=torch.long)
 
 
-__all__ = ["Cell", "plan", "run_suite", "cell_key", "majority", "predict_draws", "Threat"]
+__all__ = ["Cell", "plan", "run_suite", "cell_key"]
