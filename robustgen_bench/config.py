@@ -352,6 +352,10 @@ def _validate(data: dict[str, Any], file: Path, doc: _Doc, limit: int | None) ->
             threat = Threat(a["threat"])
         except ValueError:
             raise v.fail(p + ("threat",), f"expected 'linf' or 'l2', got {a['threat']!r}") from None
+        allowed = getattr(cls, "THREATS", frozenset(Threat))
+        if threat not in allowed:
+            raise v.fail(p + ("threat",), f"{library}/{attack} supports "
+                         f"{' or '.join(sorted(repr(t.value) for t in allowed))}, got {threat.value!r}")
         eps_raw = a["epsilon"]
         eps_list = eps_raw if isinstance(eps_raw, list) else [eps_raw]
         if not eps_list:

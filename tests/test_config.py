@@ -75,6 +75,7 @@ MALFORMED = [
     ("unknown-attack", GOOD.replace("LinfPGD", "LinfPDG"), ["attacks[0].attack", "LinfPGD"]),
     ("unknown-library", GOOD.replace("library: foolbox\n", "library: foolbax\n"), ["attacks[0]", "foolbax"]),
     ("bad-threat", GOOD.replace("threat: linf", "threat: l3"), ["attacks[0].threat", "'linf' or 'l2'", ":8"]),
+    ("threat-unsupported", GOOD.replace("threat: l2", "threat: linf"), ["attacks[1].threat", "DDNAttack supports 'l2'"]),
     ("bad-epsilon", GOOD.replace("epsilon: 1.5", "epsilon: big"), ["attacks[1].epsilon", "fraction like 8/255"]),
     ("bad-fraction", GOOD.replace("8/255", "8/0"), ["attacks[0].epsilon[1]", "fraction"]),
     ("missing-epsilon", GOOD.replace("    epsilon: [0.1, 8/255]\n", ""), ["attacks[0]", "missing required key 'epsilon'"]),
