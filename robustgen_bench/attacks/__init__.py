@@ -31,7 +31,14 @@ _REGISTRY: dict[tuple[str, str], type[Attack]] = {}
 
 
 class UnknownAttackError(ConfigError, KeyError):
-    """An unknown library or attack name (a ConfigError that is also a KeyError)."""
+    """An unknown library or attack name (a ConfigError that is also a KeyError).
+
+    ``args[0]`` is the bare message (without the key prefix); ``str()`` is the full one.
+    """
+
+    def __init__(self, message: str, *, key: str) -> None:
+        super().__init__(message, key=key)
+        self.args = (message,)
 
     def __str__(self) -> str:  # KeyError would quote the message
         return self._format()
