@@ -199,3 +199,15 @@ def test_leaderboard_files_name_their_command(tmp_path: Path) -> None:
     assert cmd in md[0] and md[0].startswith("<!--") and cmd in tex[0] and tex[0].startswith("%")
     assert render_table([run], "md").splitlines()[0] in md  # the same table as `rgbench table`
     assert r"\toprule" in tex and "## Closest adversarial distances (mean / median)" in md
+
+
+def test_leaderboard_refuses_an_incomplete_run(tmp_path: Path) -> None:
+    from robustgen_bench.report.leaderboard import main, write_leaderboard
+
+    run = write_run(tmp_path / "part", Run({"a": "A"}, {"a": [T] * 4},
+                                           [Cell("a", "pgd", "linf", 0.3, [T, F], samples=[100, 101])]))
+    with pytest.raises(RunDirError, match="incomplete .*a / pgd .*2 of 4 samples"):
+        write_leaderboard(run, tmp_path / "lb")
+    assert main([str(run), "--out", str(tmp_path / "lb")]) == 2
+    md = write_leaderboard(run, tmp_path / "lb", allow_incomplete=True)[0].read_text()
+    assert "**Incomplete run:** 1 cells unfinished" in md

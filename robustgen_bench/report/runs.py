@@ -132,3 +132,20 @@ def _merge(frames: list[pd.DataFrame]) -> pd.DataFrame:
             seen[ident] = (keys[0], str(cell._run.iloc[0]))
             keep.append(cell)
     return pd.concat(keep, ignore_index=True)
+
+
+def incomplete_cells(runs: RunSet) -> list[str]:
+    """Cells of the runs' manifests with fewer stored samples than the dataset subset, described.
+
+    Empty when every planned (model, attack, ε) cell holds all ``dataset.n`` samples.
+    """
+    counts = runs.results.groupby("cell_key").size().to_dict()
+    missing: list[str] = []
+    for man in runs.manifests:
+        n = int((man.get("dataset") or {}).get("n", 0))
+        for c in man.get("cells", []):
+            got = int(counts.get(c.get("key"), 0))
+            if got < n:
+                missing.append(f"{c.get('model')} / {c.get('attack')} (ε={c.get('epsilon')}): "
+                               f"{got} of {n} samples")
+    return missing
