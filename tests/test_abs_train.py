@@ -75,6 +75,11 @@ def test_one_epoch_reduces_loss(tmp_path: Path, small_data, recipe: str, config:
     nets.load_state_dict(load_file(str(path)), strict=True)
     after = _objective(nets, spec, x, y)
     assert after < 0.9 * before, (before, after)
+    # the deployed family (defenses/abs.py) loads the file strictly with the same config
+    from robustgen_bench.defenses.abs import build_abs, build_eabs
+
+    defense = (build_eabs if config["shared_encoder"] else build_abs)(dict(config))
+    defense.load_weight_files({"weights.safetensors": path})
     text = (tmp_path / "zoo" / entry_id / "entry.yaml").read_text()
     assert "0" * 64 not in text  # the sha256 was filled in
 
@@ -122,9 +127,9 @@ def test_every_ablation_builds_and_trains_one_step(mnist_train_small, a: bool, d
     assert ("discriminators" in changed) == a
 
 
-def test_saved_keys_load_strictly_into_generative_nets(tmp_path: Path) -> None:
+def test_saved_keys_load_strictly_into_generative_nets() -> None:
     """The shipped entries' weights (when trained) are exactly a GenerativeNets state dict."""
-    from robustgen_bench.zoo import get_entry, sha256_file
+    from robustgen_bench.zoo import build_defense, get_entry, sha256_file
 
     checked = 0
     for entry_id in ("mnist/abs", "mnist/eabs", "fashion-mnist/abs", "fashion-mnist/eabs"):
@@ -134,6 +139,7 @@ def test_saved_keys_load_strictly_into_generative_nets(tmp_path: Path) -> None:
             continue  # not trained in this checkout yet
         nets = build_nets(entry.config)
         nets.load_state_dict(load_file(str(w)), strict=True)
+        build_defense(entry)  # and the zoo builds the deployed defense from them (strict)
         checked += 1
     if checked == 0:
         pytest.skip("no trained ABS/E-ABS weights in this checkout")

@@ -211,3 +211,8 @@ def test_leaderboard_refuses_an_incomplete_run(tmp_path: Path) -> None:
     assert main([str(run), "--out", str(tmp_path / "lb")]) == 2
     md = write_leaderboard(run, tmp_path / "lb", allow_incomplete=True)[0].read_text()
     assert "**Incomplete run:** 1 cells unfinished" in md
+
+
+def test_write_reports_honours_the_suite_formats(tmp_path: Path) -> None:
+    names = {p.name for p in write_reports(small_run(tmp_path, formats=("md", "csv")))}
+    assert {"table.md", "table.csv"} <= names and not {"table.tex", "table.html"} & names

@@ -42,6 +42,7 @@ class Run:
     dataset: str = "mnist"
     stats: dict | None = None
     plots: bool = False
+    formats: tuple[str, ...] = ("md", "tex", "csv", "html")
 
 
 def _key(*parts: object) -> str:
@@ -78,7 +79,7 @@ def write_run(run_dir: Path, run: Run) -> Path:
         "suite": {"name": run_dir.name, "models": list(run.models),
                   "attacks": [{"id": a, "threat": t, "epsilon": e} for a, t, e in attacks],
                   "stats": run.stats or {"test": "mcnemar", "alpha": 0.01, "correction": "none"},
-                  "report": {"formats": ["md", "tex", "csv"], "plots": run.plots}},
+                  "report": {"formats": list(run.formats), "plots": run.plots}},
         "dataset": {"name": run.dataset, "split": "test", "n": n, "seed": 0,
                     "indices_hash": indices_hash},
         "models": [{"id": m, "name": name} for m, name in run.models.items()],

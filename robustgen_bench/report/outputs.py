@@ -99,7 +99,8 @@ def _example_plots(runs: RunSet, run_dir: Path) -> list[Path]:
 def write_reports(run_dir: str | Path) -> list[Path]:
     """Write tables, McNemar matrices, caption, distances and plots into ``run_dir``.
 
-    Files: table.{md,tex,csv,html}, caption.txt, mcnemar_<row>.csv (one p-value matrix per row
+    Files: table.<fmt> for the suite's ``report.formats`` (md, tex, csv, html; all four when the
+    manifest does not say), caption.txt, mcnemar_<row>.csv (one p-value matrix per row
     with two or more models), distances.csv (+ distances.{md,tex} in Table 2.6 layout when there
     are minimal-norm attacks), robust_accuracy_<threat>.{png,csv} (from
     minimal-norm attacks), mcnemar_<worst-case row>.png heat maps and examples_<model>.png (when the runner saved examples.safetensors), unless the
@@ -116,7 +117,9 @@ def write_reports(run_dir: str | Path) -> list[Path]:
         p.write_text(text)
         written.append(p)
 
-    for fmt in RUN_FORMATS:
+    report_cfg = (runs.manifests[0].get("suite") or {}).get("report") or {}
+    formats = [f for f in report_cfg.get("formats", RUN_FORMATS) if f in RUN_FORMATS]
+    for fmt in formats:
         text = render(table, fmt, caption=None if fmt in ("tex", "csv") else cap)
         write(f"table.{fmt}", text)
     write("caption.txt", cap + "\n")
@@ -132,8 +135,7 @@ def write_reports(run_dir: str | Path) -> list[Path]:
               "the minimal-norm attacks (clean-correct samples where one was found).\n\n"
               + distances_markdown(disp))
         write("distances.tex", distances_latex(disp))
-    plots = ((runs.manifests[0].get("suite") or {}).get("report") or {}).get("plots", True)
-    if plots:
+    if report_cfg.get("plots", True):
         from robustgen_bench.report.plots import plot_pvalues
 
         for key in worst_case_keys(list(matrices)):  # the thesis's "McNemar's test p values"
