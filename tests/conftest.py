@@ -18,7 +18,10 @@ os.environ.setdefault("RGBENCH_DATA", str(DATA_DIR))
 os.environ.setdefault("RGBENCH_WEIGHTS", str(REFERENCE_DIR))
 os.environ.setdefault("RGBENCH_NO_DOWNLOAD", "1")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One thread: tests are small, and on a busy 2-core machine two OpenMP threads spin (a PGD test
+# took 38 s with 2 threads, 1.6 s with 1). Subprocesses started by tests inherit OMP_NUM_THREADS.
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
