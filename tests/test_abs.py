@@ -137,3 +137,11 @@ def test_weights_round_trip_and_strict_loading(tmp_path) -> None:
     save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "bad.safetensors")
     with pytest.raises(ZooError):
         other.load_weight_files({"bad.safetensors": tmp_path / "bad.safetensors"})
+
+
+def test_predict_works_under_inference_mode() -> None:
+    d = _abs()
+    x = _images(2)
+    with torch.inference_mode():
+        a = d.predict(x)
+    assert torch.equal(a, d.predict(x))

@@ -349,6 +349,12 @@ class ABSDefense(Defense):
 
     def optimise(self, x: torch.Tensor) -> LatentState:
         """The inner optimisation (no gradient to x): x (N, C, H, W) → LatentState (K, N, L)."""
+        if torch.is_inference_mode_enabled():
+            # Callers may run predict under inference_mode; the latent search needs autograd.
+            with torch.inference_mode(False):
+                state = self.optimise(x.clone())
+                return LatentState(mu=state.mu.clone(),
+                                   logvar=None if state.logvar is None else state.logvar.clone())
         x = x.detach()
         state = self.initial_latents(x)
         if self.cfg.steps == 0:
