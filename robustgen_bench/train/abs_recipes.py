@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -62,7 +63,7 @@ class GenerativeTrainSpec:
 
     @classmethod
     def from_entry(cls, config: Mapping[str, Any], train: Mapping[str, Any],
-                   where: Any = None) -> GenerativeTrainSpec:
+                   where: Path | None = None) -> GenerativeTrainSpec:
         """Read the switches from ``config`` and the optimisation settings from ``train``."""
         def flag(key: str) -> bool:
             v = config.get(key, False)
@@ -124,18 +125,6 @@ def frozen_bn_stats(module: nn.Module) -> Iterator[None]:
     finally:
         for m, mom in zip(bns, saved):
             m.momentum = mom
-
-
-@dataclass
-class StepLosses:
-    """Per-step scalars (batch means) for logging."""
-
-    total: float
-    recon: float
-    reg: float
-    disc_loss: float
-    ce: float
-    d_loss: float
 
 
 def generator_loss(nets: GenerativeNets, spec: GenerativeTrainSpec, x_in: torch.Tensor,
