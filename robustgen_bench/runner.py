@@ -187,13 +187,15 @@ def run_suite(suite: Suite, run_dir: str | Path, *, data_dir: str | Path | None 
                     for b in todo:
                         idx = torch.tensor(list(b))
                         t0 = time.perf_counter()
-                        # Seeded per batch position: resumed batches see the same randomness.
-                        with torch.random.fork_rng():
-                            torch.manual_seed(_batch_seed(cell.attack.seed, b.start))
-                            rows = attack(defense, entry.adaptive, subset.x[idx], subset.y[idx],
-                                          [int(subset.indices[i]) for i in b], clean_pred[idx])
+                        # The attack seeds itself from its seed and the batch's sample indices, so
+                        # a resumed batch sees the same randomness as in an uninterrupted run.
+                        rows = attack(defense, entry.adaptive, subset.x[idx], subset.y[idx],
+                                      [int(subset.indices[i]) for i in b], clean_pred[idx])
                         _check_rows(rows, [int(subset.indices[i]) for i in b], cell)
                         store.add_results(info, rows, time.perf_counter() - t0)
+                        if b.start == 0 and suite.run.save_examples:
+                            _save_examples(run_dir, cell, subset.x[idx], subset.y[idx],
+                                           attack.last_x_adv, rows, suite.run.save_examples)
                         bar.advance(len(b))
                 finally:
                     bar.close()
@@ -201,6 +203,28 @@ def run_suite(suite: Suite, run_dir: str | Path, *, data_dir: str | Path | None 
     finally:
         store.close()
     return run_dir
+
+
+def _save_examples(run_dir: Path, cell: Cell, x: torch.Tensor, y: torch.Tensor,
+                   x_adv: torch.Tensor, rows: list[ResultRow], k: int) -> None:
+    """Keep the first ``k`` clean/adversarial pairs of a cell for the report's example grids.
+
+    Tensors are named ``<model>|<attack>|x`` (k, C, H, W), ``|x_adv``, ``|y`` and ``|adv_pred``;
+    a later budget of the same attack replaces an earlier one (grids show the largest budget).
+    """
+    from safetensors.torch import load_file, save_file
+
+    path = run_dir / "examples.safetensors"
+    tensors = load_file(str(path)) if path.is_file() else {}
+    assert cell.attack is not None
+    name = f"{cell.model}|{cell.attack.id}"
+    tensors[f"{name}|x"] = x[:k].contiguous()
+    tensors[f"{name}|x_adv"] = x_adv[:k].contiguous().to(x.dtype)
+    tensors[f"{name}|y"] = y[:k].contiguous()
+    tensors[f"{name}|adv_pred"] = torch.tensor([r.adv_pred for r in rows[:k]], dtype=torch.long)
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp))
+    tmp.replace(path)
 
 
 def _batch_seed(seed: int, start: int) -> int:

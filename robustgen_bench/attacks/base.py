@@ -70,6 +70,8 @@ class _SampleState:
     pred: int | None = None
     draws: tuple[int, ...] = ()
     violation: str | None = None
+    #: The verified adversarial input (C, H, W), kept for example grids.
+    x_adv: torch.Tensor | None = None
 
 
 class Attack(ABC):
@@ -182,6 +184,9 @@ class Attack(ABC):
                     out = self._run(model, xs, ys)
                     self._settle(defense, xs, ys, todo, out, n_draws, states)
 
+        # The verified adversarial per sample (the input itself where none): (N, C, H, W).
+        self.last_x_adv = torch.stack([states[i].x_adv if states[i].x_adv is not None
+                                       else x[i].detach().cpu() for i in range(n)]) if n else x.cpu()
         return [self._row(int(indices[i]), int(y_cpu[i]), int(cp_cpu[i]), states[i])
                 for i in range(n)]
 
@@ -230,6 +235,7 @@ class Attack(ABC):
                     resolved[j] = True
                     if not st.success or (st.distance is not None and d < st.distance):
                         st.success, st.distance, st.pred = True, d, v
+                        st.x_adv = xa[j].detach().cpu().clone()
                         st.draws = tuple(int(t) for t in draws[:, m])
                 else:
                     if k == 0 and out.flagged is not None and bool(out.flagged[pending[j]]):
