@@ -1,0 +1,18 @@
+"""The shipped GAN-ABS entries pass `zoo check` (slow: GAN inversion of 10 classes x 50 steps)."""
+
+from __future__ import annotations
+
+import pytest
+
+from robustgen_bench.zoo import get_entry
+from robustgen_bench.zoo_check import check_entries
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("entry_id", ["mnist/gan-abs", "mnist/gan-abs-enc-d"])
+def test_shipped_gan_abs_entry_passes_check(entry_id: str) -> None:
+    entry = get_entry(entry_id)
+    if set(entry.weights[0].sha256) == {"0"} or entry.measured.get("clean_accuracy") is None:
+        pytest.skip(f"{entry_id} not trained/measured yet")
+    report = check_entries([entry_id], n=int(entry.measured.get("n", 200)))
+    assert report.ok, [r for r in report.results if not r.ok]
