@@ -216,3 +216,11 @@ def test_leaderboard_refuses_an_incomplete_run(tmp_path: Path) -> None:
 def test_write_reports_honours_the_suite_formats(tmp_path: Path) -> None:
     names = {p.name for p in write_reports(small_run(tmp_path, formats=("md", "csv")))}
     assert {"table.md", "table.csv"} <= names and not {"table.tex", "table.html"} & names
+
+
+def test_write_reports_removes_its_stale_outputs(tmp_path: Path) -> None:
+    run = small_run(tmp_path)
+    (run / "mcnemar_linf-0.9_all.csv").write_text("old")
+    (run / "notes.txt").write_text("mine")
+    write_reports(run)
+    assert not (run / "mcnemar_linf-0.9_all.csv").exists() and (run / "notes.txt").exists()

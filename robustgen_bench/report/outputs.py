@@ -143,4 +143,19 @@ def write_reports(run_dir: str | Path) -> list[Path]:
                                         f"McNemar p-values\n{key.group}", runs.stats.alpha))
         written += _curve_plots(runs, run_dir)
         written += _example_plots(runs, run_dir)
+    _remove_stale(run_dir, written)
     return written
+
+
+#: Per-row/per-model outputs whose set changes with the results; stale ones would mislead.
+GENERATED_PATTERNS = ("mcnemar_*.csv", "mcnemar_*.png", "robust_accuracy_*.csv",
+                      "robust_accuracy_*.png", "examples_*.png")
+
+
+def _remove_stale(run_dir: Path, written: list[Path]) -> None:
+    """Delete report files of an earlier write that this write did not produce again."""
+    keep = {p.resolve() for p in written}
+    for pattern in GENERATED_PATTERNS:
+        for p in run_dir.glob(pattern):
+            if p.resolve() not in keep:
+                p.unlink()
