@@ -41,6 +41,39 @@ def _attack_text(a: dict) -> str:
     return head + (f", {params})" if params else ")")
 
 
+def _suite_file_matches(suite_file: str | None, suite_hash: str) -> bool:
+    """Whether the suite file, as it is now, still describes the run (same canonical hash)."""
+    if not suite_file or not Path(suite_file).is_file():
+        return False
+    try:
+        from robustgen_bench.config import load_suite
+
+        return load_suite(Path(suite_file)).hash() == suite_hash
+    except Exception:  # noqa: BLE001 - a suite that no longer loads simply does not match
+        return False
+
+
+def _reproduce(suite_file: str | None, suite_hash: str) -> str:
+    if _suite_file_matches(suite_file, suite_hash):
+        return (f"- reproduce the run: `rgbench run {suite_file}` (the suite file as committed has "
+                "the run's suite hash)")
+    return (f"- reproduce the run: `rgbench run {suite_file or 'attack_suites/<suite>.yaml'}` with "
+            "the `--set`/`--limit` overrides that give the canonical configuration below (the "
+            "suite file has changed since, or the run used overrides)")
+
+
+def _suite_notes(suite_file: str | None) -> list[str]:
+    """The suite file's leading comment block (budgets, caveats), quoted."""
+    if not suite_file or not Path(suite_file).is_file():
+        return []
+    notes = []
+    for line in Path(suite_file).read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        notes.append("> " + line.lstrip("#").strip())
+    return notes
+
+
 def _provenance(runs: RunSet) -> list[str]:
     man = runs.manifests[0]
     suite = man.get("suite") or {}
@@ -51,9 +84,7 @@ def _provenance(runs: RunSet) -> list[str]:
              f"- data: {ds.get('name', '?')} {ds.get('split', '?')}, n = {ds.get('n', '?')}, "
              f"seed {ds.get('seed', '?')}, indices hash `{str(ds.get('indices_hash', '?'))[:12]}`",
              f"- code: git commit `{str(man.get('git_commit', '?'))[:12]}`",
-             f"- reproduce the run: `rgbench run {suite_file or 'attack_suites/<suite>.yaml'}` "
-             "with the `--set`/`--limit` overrides, if any, that give the canonical configuration "
-             "below (its hash is the suite hash above)"]
+             _reproduce(suite_file, str(man.get("suite_hash", "")))]
     attacks = suite.get("attacks") or []
     if attacks:
         lines.append("- attacks: " + "; ".join(_attack_text(a) for a in attacks))
@@ -90,6 +121,9 @@ def write_leaderboard(run_dir: str | Path, out_dir: str | Path = "leaderboards",
     if missing:
         md += [f"**Incomplete run:** {len(missing)} cells unfinished (e.g. {missing[0]}).", ""]
     md += [to_markdown(table, caption=cap).rstrip(), ""]
+    notes = _suite_notes(_relative(runs.manifests[0].get("suite_file")))
+    if notes:
+        md += ["## Suite notes (from the suite file)", "", *notes, ""]
     if len(distances):
         md += ["## Closest adversarial distances (mean / median)", "",
                distances_markdown(distance_display(distances, clean)).rstrip(), ""]
