@@ -319,7 +319,8 @@ def significance_caption(matrices: Mapping[RowKey, pd.DataFrame], names: Mapping
     """The thesis-style sentence on the worst-case rows (``All``, or a group's only attack).
 
     e.g. "McNemar's test shows that all differences are significant (p < 0.01) except for:
-    Adv-L∞ and ABS under L2 attacks, and ABS and E-ABS under L∞ attacks."
+    Adv-L∞ and ABS under L2 attacks, and ABS and E-ABS under L∞ attacks." When most pairs are not
+    significant, the significant ones are listed instead ("... only for: ...").
     """
     all_rows = worst_case_keys(list(matrices))
     if not all_rows:
@@ -330,7 +331,7 @@ def significance_caption(matrices: Mapping[RowKey, pd.DataFrame], names: Mapping
     for k in all_rows:
         eps_per_threat.setdefault(k.threat, set()).add(k.epsilon)
     exceptions: list[str] = []
-    n_pairs = 0
+    significant: list[str] = []
     for k in all_rows:
         mat = matrices[k]
         if k.kind == "clean":
@@ -340,19 +341,25 @@ def significance_caption(matrices: Mapping[RowKey, pd.DataFrame], names: Mapping
             if len(eps_per_threat[k.threat]) > 1:
                 where += f" (ε = {format_epsilon(k.epsilon)})"
         for a, b in itertools.combinations(mat.index, 2):
-            n_pairs += 1
-            p = mat.loc[a, b]
-            if not p < alpha:
-                exceptions.append(f"{names.get(a, a)} and {names.get(b, b)} {where}")
+            pair = f"{names.get(a, a)} and {names.get(b, b)} {where}"
+            (significant if mat.loc[a, b] < alpha else exceptions).append(pair)
     level = f"p < {alpha:g}" + (", Holm-corrected" if correction == "holm" else "")
     head = f"McNemar's test shows that all differences are significant ({level})"
     if not exceptions:
         return head + "."
-    if len(exceptions) == n_pairs:
+    if not significant:
         return f"McNemar's test shows no significant difference (at {level}) between any two models."
-    if len(exceptions) == 1:
-        return f"{head} except for {exceptions[0]}."
-    return f"{head} except for: {', '.join(exceptions[:-1])}, and {exceptions[-1]}."
+    if len(significant) < len(exceptions):  # name the shorter list
+        return (f"McNemar's test shows significant differences ({level}) only for"
+                f"{_enumerate(significant)}; the other differences are not significant.")
+    return f"{head} except for{_enumerate(exceptions)}."
+
+
+def _enumerate(items: Sequence[str]) -> str:
+    """' A' or ': A, B, and C' (the thesis's caption punctuation)."""
+    if len(items) == 1:
+        return f" {items[0]}"
+    return f": {', '.join(items[:-1])}, and {items[-1]}"
 
 
 # ---------------------------------------------------------------------------------------------

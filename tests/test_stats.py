@@ -228,3 +228,26 @@ def test_caption_when_nothing_is_significant(tmp_path: Path) -> None:
                                                     cells))])
     assert caption(run).endswith("McNemar's test shows no significant difference (at p < 0.01) "
                                  "between any two models.")
+
+
+def test_caption_names_the_shorter_list(tmp_path: Path) -> None:
+    n = 40
+    idx = np.arange(n)
+
+    def caption_for(name: str, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> str:
+        cells = [Cell(m, "pgd", "linf", 0.3, v) for m, v in zip("abc", (a, b, c))]
+        return caption(load_runs([write_run(tmp_path / name, Run(
+            {"a": "A", "b": "B", "c": "C"}, {m: [T] * n for m in "abc"}, cells))]))
+
+    # Exact two-sided McNemar with k discordant pairs all one way: p = 2 * 0.5**k.
+    # k = 7 -> p = 0.0156 (not < 0.01); k = 14 -> p = 1.2e-4 (significant).
+    a = np.ones(n, dtype=bool)
+    b = idx >= 7  # wrong on 7 samples
+    c = idx >= 14  # wrong on 14 samples (a superset)
+    assert caption_for("one", a, b, c).endswith(
+        "McNemar's test shows significant differences (p < 0.01) only for A and C under L∞ "
+        "attacks; the other differences are not significant.")
+    c = idx >= 30  # b-c: 23 discordant, a-c: 30 -> significant; a-b (7) is the exception
+    assert caption_for("two", a, b, c).endswith(
+        "McNemar's test shows that all differences are significant (p < 0.01) except for A and B "
+        "under L∞ attacks.")
