@@ -53,8 +53,8 @@ def evaluate(d: GanAbs, x: torch.Tensor, y: torch.Tensor,
         with torch.no_grad():
             logits = -d.class_losses(xb, inv)
             wrong += int((logits.argmax(1) != yb).sum())
-            offsets = None if inv.offsets is None else inv.offsets[torch.arange(len(yb)), yb][:, None]
-            rec = d._generate(inv.z[torch.arange(len(yb)), yb][:, None], offsets)[:, 0]
+            # Reconstructions for every class (column k is class k), then the true class's.
+            rec = d._generate(inv.z, inv.offsets)[torch.arange(len(yb)), yb]
             l2 += float((rec - xb).pow(2).flatten(1).sum(1).sum())
             if feature is not None and feature.feature_net is not None:
                 net = feature.feature_net

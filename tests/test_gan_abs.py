@@ -190,3 +190,24 @@ def test_build_rejects_bad_config() -> None:
         build({"initialiser": "random"})
     with pytest.raises(ValueError, match="unknown config key"):
         build({"lamda": 1.0})
+
+
+def test_tradeoff_benchmark_measures_the_true_class_reconstruction(x) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parent.parent / "benchmarks" / "gan_abs_tradeoff.py"
+    spec = importlib.util.spec_from_file_location("gan_abs_tradeoff", src)
+    assert spec and spec.loader
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    d = tiny_defense(steps=3)
+    y = torch.tensor([2, 0, 1])
+    r = bench.evaluate(d, x, y, None)
+    inv = d.invert(x)
+    with torch.no_grad():
+        logits = -d.class_losses(x, inv)
+        rec = d._generate(inv.z, None)
+    expect = float(sum(((x[i] - rec[i, int(y[i])]) ** 2).sum() for i in range(3))) / 3
+    assert r["l2_in"] == pytest.approx(expect, rel=1e-5)
+    assert r["error"] == pytest.approx(float((logits.argmax(1) != y).float().mean()))
