@@ -213,6 +213,11 @@ def fetch_weights(entry: ZooEntry) -> dict[str, Path]:
         if not p.is_file():
             if w.url is None:
                 raise ZooError(f"weights file missing: {p}", file=entry.entry_file, key="weights")
+            if os.environ.get("RGBENCH_NO_DOWNLOAD"):
+                raise ZooError(f"{w.file} is not in the weights cache ({p.parent}) and downloads are "
+                               "off (RGBENCH_NO_DOWNLOAD); point RGBENCH_WEIGHTS at a folder holding "
+                               f"{entry.cache_dir or entry.id}/{w.file}",
+                               file=entry.entry_file, key="weights")
             p.parent.mkdir(parents=True, exist_ok=True)
             tmp = p.with_suffix(p.suffix + ".part")
             try:
