@@ -54,7 +54,9 @@ def example_grid(tensors: Mapping[str, torch.Tensor], model: str, path: Path,
     """One PNG per model: for each attack a row of clean inputs above a row of adversarials.
 
     ``tensors`` uses the runner's names ``<model>|<attack>|x`` (N, C, H, W), ``...|x_adv``
-    (N, C, H, W), ``...|y`` (N,) and ``...|adv_pred`` (N,). Returns ``None`` if ``model`` has none.
+    (N, C, H, W), ``...|y`` (N,) and ``...|adv_pred`` (N,). Titles are labels (clean rows) and
+    the defense's verified predictions (adversarial rows, red when wrong). Returns ``None`` if
+    ``model`` has none.
     """
     attacks = sorted({k.rsplit("|", 2)[1] for k in tensors
                       if k.rsplit("|", 2)[0] == model and k.endswith("|x_adv")})
@@ -79,7 +81,9 @@ def example_grid(tensors: Mapping[str, torch.Tensor], model: str, path: Path,
                 gray = img.shape[1] == 1
                 ax.imshow(_image(img[c]), cmap="gray" if gray else None, vmin=0, vmax=1)
                 if lab is not None:
-                    ax.set_title(str(int(lab[c])), fontsize=8)
+                    # red: the defense's verified prediction differs from the label
+                    wrong = y is not None and int(lab[c]) != int(y[c])
+                    ax.set_title(str(int(lab[c])), fontsize=8, color="red" if wrong else "black")
         axes[2 * r, 0].set_ylabel("clean", fontsize=8)
         axes[2 * r + 1, 0].set_ylabel(attack, fontsize=8)
     fig.suptitle(title or model, fontsize=10)
