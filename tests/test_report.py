@@ -224,3 +224,15 @@ def test_write_reports_removes_its_stale_outputs(tmp_path: Path) -> None:
     (run / "notes.txt").write_text("mine")
     write_reports(run)
     assert not (run / "mcnemar_linf-0.9_all.csv").exists() and (run / "notes.txt").exists()
+
+
+def test_grid_flags_over_budget_examples() -> None:
+    from robustgen_bench.report.plots import _over_budget
+
+    x = torch.zeros(3, 1, 4, 4)
+    x_adv = x.clone()
+    x_adv[1, 0, 0, 0] = 0.5  # L2 0.5, Linf 0.5
+    x_adv[2] = 0.5  # L2 2.0, Linf 0.5
+    assert _over_budget(x, x_adv, ("l2", 1.5)) == [False, False, True]
+    assert _over_budget(x, x_adv, ("linf", 0.3)) == [False, True, True]
+    assert _over_budget(x, x_adv, None) == [False] * 3

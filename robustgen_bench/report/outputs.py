@@ -91,8 +91,11 @@ def _example_plots(runs: RunSet, run_dir: Path) -> list[Path]:
     if tensors is None:
         return []
     models = list(dict.fromkeys([k.rsplit("|", 2)[0] for k in tensors]))
-    paths = [example_grid(tensors, m, run_dir / f"examples_{_slug(m)}.png", title=runs.display(m))
-             for m in models]
+    # The runner keeps the examples of an attack's largest budget.
+    cells = runs.results[runs.results.threat != "none"][["attack", "threat", "epsilon"]]
+    budgets = {a: (str(g.threat.iloc[0]), float(g.epsilon.max())) for a, g in cells.groupby("attack")}
+    paths = [example_grid(tensors, m, run_dir / f"examples_{_slug(m)}.png", title=runs.display(m),
+                          budgets=budgets) for m in models]
     return [p for p in paths if p is not None]
 
 

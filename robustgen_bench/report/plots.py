@@ -49,14 +49,27 @@ def _image(x: torch.Tensor) -> np.ndarray:
     return a[0] if a.shape[0] == 1 else np.transpose(a, (1, 2, 0))
 
 
+def _over_budget(x: torch.Tensor, x_adv: torch.Tensor, budget: tuple[str, float] | None) -> list[bool]:
+    """Per example: is ``x_adv`` outside the (threat, ε) budget (the attack invariant's rule)?"""
+    if budget is None:
+        return [False] * x.shape[0]
+    threat, eps = budget
+    d = (x_adv.float() - x.float()).flatten(1)
+    norms = d.abs().amax(dim=1) if threat == "linf" else d.norm(dim=1)
+    return [bool(n > eps + 1e-6) for n in norms]
+
+
 def example_grid(tensors: Mapping[str, torch.Tensor], model: str, path: Path,
-                 title: str | None = None, max_examples: int = 8) -> Path | None:
+                 title: str | None = None, max_examples: int = 8,
+                 budgets: Mapping[str, tuple[str, float]] | None = None) -> Path | None:
     """One PNG per model: for each attack a row of clean inputs above a row of adversarials.
 
     ``tensors`` uses the runner's names ``<model>|<attack>|x`` (N, C, H, W), ``...|x_adv``
     (N, C, H, W), ``...|y`` (N,) and ``...|adv_pred`` (N,). Titles are labels (clean rows) and
     the defense's verified predictions (adversarial rows, red when wrong). Returns ``None`` if
-    ``model`` has none.
+    ``model`` has none. With ``budgets`` (attack id -> (threat, ε)), an adversarial input outside
+    its budget (a candidate the attack invariant rejected, counted robust) is drawn faded and
+    titled "rejected", so the grid never shows an over-budget image as an adversarial example.
     """
     attacks = sorted({k.rsplit("|", 2)[1] for k in tensors
                       if k.rsplit("|", 2)[0] == model and k.endswith("|x_adv")})
@@ -70,6 +83,7 @@ def example_grid(tensors: Mapping[str, torch.Tensor], model: str, path: Path,
         pre = f"{model}|{attack}|"
         x, x_adv = tensors[pre + "x"], tensors[pre + "x_adv"]
         y, adv = tensors.get(pre + "y"), tensors.get(pre + "adv_pred")
+        over = _over_budget(x, x_adv, (budgets or {}).get(attack))
         for c in range(n):
             for row, img, lab in ((2 * r, x, y), (2 * r + 1, x_adv, adv)):
                 ax = axes[row, c]
@@ -79,8 +93,12 @@ def example_grid(tensors: Mapping[str, torch.Tensor], model: str, path: Path,
                     ax.axis("off")
                     continue
                 gray = img.shape[1] == 1
-                ax.imshow(_image(img[c]), cmap="gray" if gray else None, vmin=0, vmax=1)
-                if lab is not None:
+                rejected = row == 2 * r + 1 and over[c]
+                ax.imshow(_image(img[c]), cmap="gray" if gray else None, vmin=0, vmax=1,
+                          alpha=0.3 if rejected else 1.0)
+                if rejected:
+                    ax.set_title("rejected", fontsize=7, color="grey")
+                elif lab is not None:
                     # red: the defense's verified prediction differs from the label
                     wrong = y is not None and int(lab[c]) != int(y[c])
                     ax.set_title(str(int(lab[c])), fontsize=8, color="red" if wrong else "black")
