@@ -100,7 +100,8 @@ def _run_epochs(part_dir: Path, s: PartSettings, modules: dict[str, nn.Module],
     and the part starts over.
     """
     part_dir.mkdir(parents=True, exist_ok=True)
-    start = _last_epoch(part_dir)
+    # Never resume past the requested epochs: asking for fewer reproduces that epoch's weights.
+    start = min(_last_epoch(part_dir), s.epochs)
     state = torch.load(part_dir / f"epoch_{start}.pt", weights_only=True) if start else None
     if state is not None and state.get("origin") != origin:
         log(f"{part_dir.name}: checkpoints were trained from something else; starting over")
