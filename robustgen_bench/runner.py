@@ -219,7 +219,10 @@ def _save_examples(run_dir: Path, cell: Cell, x: torch.Tensor, y: torch.Tensor,
     assert cell.attack is not None
     name = f"{cell.model}|{cell.attack.id}"
     tensors[f"{name}|x"] = x[:k].contiguous()
-    tensors[f"{name}|x_adv"] = x_adv[:k].contiguous().to(x.dtype)
+    # Only adversarials that count at this budget; a robust sample shows its clean input (a
+    # minimal-norm attack's closest adversarial may lie far beyond epsilon).
+    broken = torch.tensor([not r.adv_correct for r in rows[:k]]).view(-1, *([1] * (x.dim() - 1)))
+    tensors[f"{name}|x_adv"] = torch.where(broken, x_adv[:k].to(x.dtype), x[:k]).contiguous()
     tensors[f"{name}|y"] = y[:k].contiguous()
     tensors[f"{name}|adv_pred"] = torch.tensor([r.adv_pred for r in rows[:k]], dtype=torch.long)
     tmp = path.with_suffix(".tmp")
