@@ -28,13 +28,6 @@ from robustgen_bench.threat import Threat
 EXACT = AdaptiveSpec(GradientHook.EXACT, randomized=False, eot=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on 2 cores shared by many jobs, 2 threads spin and run ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class BrightnessDefense(Defense):
