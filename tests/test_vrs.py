@@ -22,14 +22,6 @@ from robustgen_bench.threat import Threat
 NORMS = [Threat.L2, Threat.LINF]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core machine, 2 threads under load ran these ~30x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.mark.parametrize("norm", NORMS)
 def test_projection_stays_in_ball_and_fixes_inner_points(norm: Threat) -> None:
