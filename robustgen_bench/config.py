@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -80,6 +80,10 @@ class Suite:
     run: RunSpec = RunSpec()
     source: Path | None = None
     raw: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    # the command-line changes applied on top of the file (recorded in the manifest so a run
+    # can be reproduced; they are already reflected in the canonical form and its hash)
+    overrides: tuple[str, ...] = ()
+    limit: int | None = None
 
     def canonical(self) -> dict[str, Any]:
         """JSON-able canonical form (for the manifest and the suite hash)."""
@@ -421,4 +425,4 @@ def load_suite(path: str | Path, overrides: Sequence[str] = (), limit: int | Non
         _apply_override(data, expr)
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"expected a positive integer, got {limit!r}", file="--limit")
-    return _validate(data, path, doc, limit)
+    return replace(_validate(data, path, doc, limit), overrides=tuple(overrides), limit=limit)

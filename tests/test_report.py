@@ -236,3 +236,15 @@ def test_grid_flags_over_budget_examples() -> None:
     assert _over_budget(x, x_adv, ("l2", 1.5)) == [False, False, True]
     assert _over_budget(x, x_adv, ("linf", 0.3)) == [False, True, True]
     assert _over_budget(x, x_adv, None) == [False] * 3
+
+
+def test_leaderboard_reproduce_line_carries_the_runs_overrides(tmp_path: Path) -> None:
+    from robustgen_bench.config import load_suite
+    from robustgen_bench.report.leaderboard import _reproduce
+
+    suite = Path("attack_suites/mnist.yaml")
+    run = load_suite(suite, overrides=["attacks.pgd-linf.steps=5"], limit=7)
+    line = _reproduce(str(suite), run.hash(), {"set": list(run.overrides), "limit": run.limit})
+    assert f"`rgbench run {suite} --set attacks.pgd-linf.steps=5 --limit 7`" in line
+    # without the recorded overrides the committed file does not give the run's hash
+    assert "has changed since, or the run used overrides" in _reproduce(str(suite), run.hash())

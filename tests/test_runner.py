@@ -73,6 +73,10 @@ def test_rerun_skips_stored_work_and_changed_config_gets_new_cells(tmp_zoo, tmp_
     pd.testing.assert_frame_equal(before, read_results(out))
     changed = load_suite(suite_file(tmp_path), overrides=["attacks.pgd.steps=3"])
     run_suite(changed, out)
+    # the manifest records the command-line overrides that produced the run's suite hash
+    m = read_manifest(out)
+    assert m["command_line"] == {"set": ["attacks.pgd.steps=3"], "limit": None}
+    assert m["suite_hash"] == changed.hash() != s.hash()
     after = read_results(out)
     new_keys = {c.key for c in plan(changed)} - {c.key for c in plan(s)}
     assert len(new_keys) == 4  # 2 models x 2 budgets; the clean cells are shared

@@ -9,9 +9,11 @@ that regenerates it. Only reads stored results (the runs themselves come from ``
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -53,10 +55,27 @@ def _suite_file_matches(suite_file: str | None, suite_hash: str) -> bool:
         return False
 
 
-def _reproduce(suite_file: str | None, suite_hash: str) -> str:
-    if _suite_file_matches(suite_file, suite_hash):
-        return (f"- reproduce the run: `rgbench run {suite_file}` (the suite file as committed has "
-                "the run's suite hash)")
+def _suite_file_matches_with(suite_file: str | None, suite_hash: str, command_line: dict[str, Any]) -> bool:
+    """Like :func:`_suite_file_matches`, applying the run's recorded ``--set``/``--limit``."""
+    if not suite_file or not Path(suite_file).is_file():
+        return False
+    try:
+        from robustgen_bench.config import load_suite
+
+        return load_suite(Path(suite_file), overrides=list(command_line.get("set") or []),
+                          limit=command_line.get("limit")).hash() == suite_hash
+    except Exception:  # noqa: BLE001 - a suite that no longer loads simply does not match
+        return False
+
+
+def _reproduce(suite_file: str | None, suite_hash: str, command_line: dict[str, Any] | None = None) -> str:
+    cl = command_line or {}
+    args = "".join(f" --set {shlex.quote(str(e))}" for e in cl.get("set") or [])
+    if cl.get("limit") is not None:
+        args += f" --limit {int(cl['limit'])}"
+    if _suite_file_matches(suite_file, suite_hash) or (args and _suite_file_matches_with(suite_file, suite_hash, cl)):
+        return (f"- reproduce the run: `rgbench run {suite_file}{args}` (the suite file as committed, "
+                "with these overrides, has the run's suite hash)")
     return (f"- reproduce the run: `rgbench run {suite_file or 'attack_suites/<suite>.yaml'}` with "
             "the `--set`/`--limit` overrides that give the canonical configuration below (the "
             "suite file has changed since, or the run used overrides)")
@@ -84,7 +103,7 @@ def _provenance(runs: RunSet) -> list[str]:
              f"- data: {ds.get('name', '?')} {ds.get('split', '?')}, n = {ds.get('n', '?')}, "
              f"seed {ds.get('seed', '?')}, indices hash `{str(ds.get('indices_hash', '?'))[:12]}`",
              f"- code: git commit `{str(man.get('git_commit', '?'))[:12]}`",
-             _reproduce(suite_file, str(man.get("suite_hash", "")))]
+             _reproduce(suite_file, str(man.get("suite_hash", "")), man.get("command_line"))]
     attacks = suite.get("attacks") or []
     if attacks:
         lines.append("- attacks: " + "; ".join(_attack_text(a) for a in attacks))
