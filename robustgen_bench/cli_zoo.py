@@ -86,7 +86,7 @@ def measure_command(
     from robustgen_bench.zoo_check import measure_clean_accuracy
 
     try:
-        acc = measure_clean_accuracy(entry_id, n=n, data_dir=data_dir, root=root)
+        acc = measure_clean_accuracy(entry_id, n=n, data_dir=data_dir, root=root, console=console)
     except UserInputError as e:
         raise _user_error(e) from None
     console.print(f"{entry_id}: clean accuracy {acc:.4f} on the first {n} test images (recorded)")

@@ -18,6 +18,7 @@ Broken entries never raise: each problem becomes a failed row with the error mes
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
 
 from robustgen_bench.errors import UserInputError, ZooError
 from robustgen_bench.zoo import ZooEntry, build_defense, entry_ids, fetch_weights, parse_entry, zoo_root
@@ -191,15 +193,18 @@ def check_entries(ids: list[str] | None, n: int = 500, data_dir: str | Path | No
 
 
 def measure_clean_accuracy(entry_id: str, *, n: int = 10000, data_dir: str | Path | None = None,
-                           root: Path | None = None, write: bool = True) -> float:
+                           root: Path | None = None, write: bool = True,
+                           console: Console | None = None, batch_size: int = 100) -> float:
     """Deployed ``predict`` accuracy on the first ``n`` test images; optionally recorded in entry.yaml.
 
-    Writing rewrites the ``clean_accuracy:`` and ``n:`` values of the ``measured:`` block as
-    text, so comments and key order survive.
+    Writing rewrites the ``clean_accuracy:``, ``n:`` and ``command:`` values of the ``measured:``
+    block as text, so comments and key order survive. With a ``console`` a progress bar shows
+    images/s (ABS-family inference runs at a few images per second per core).
     """
     import re
 
     from robustgen_bench.data import load_tensors
+    from robustgen_bench.progress import RichProgress
     from robustgen_bench.zoo import get_entry
 
     root = root or zoo_root()
@@ -208,9 +213,16 @@ def measure_clean_accuracy(entry_id: str, *, n: int = 10000, data_dir: str | Pat
     x, y = load_tensors(entry.dataset, "test", data_dir)
     x, y = x[:n], y[:n]
     correct = 0
-    with torch.no_grad():
-        for i in range(0, len(y), 500):
-            correct += int((defense.predict(x[i:i + 500]).argmax(1) == y[i:i + 500]).sum())
+    with contextlib.ExitStack() as stack:
+        bar = None
+        if console is not None:
+            bar = stack.enter_context(RichProgress(console)).task(f"{entry_id} clean", len(y), 0)
+        with torch.no_grad():
+            for i in range(0, len(y), batch_size):
+                xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+                correct += int((defense.predict(xb).argmax(1) == yb).sum())
+                if bar is not None:
+                    bar.advance(len(yb))
     acc = correct / len(y)
     if write:
         text = entry.entry_file.read_text()
@@ -219,5 +231,6 @@ def measure_clean_accuracy(entry_id: str, *, n: int = 10000, data_dir: str | Pat
             raise ZooError("no measured: block to record into", file=entry.entry_file, key="measured")
         body = re.sub(r"(clean_accuracy:\s*)(null|[0-9.eE+-]+)", rf"\g<1>{acc:.4f}", block.group(0), count=1)
         body = re.sub(r"(\bn:\s*)(\d+)", rf"\g<1>{len(y)}", body, count=1)
+        body = re.sub(r"(\bcommand:\s*).*", rf'\g<1>"rgbench zoo measure {entry_id} --n {len(y)}"', body, count=1)
         entry.entry_file.write_text(text[:block.start()] + body + text[block.end():])
     return acc

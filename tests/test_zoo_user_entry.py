@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -189,3 +190,9 @@ def test_measure_records_accuracy(user_zoo: Path) -> None:
     assert entry.measured["clean_accuracy"] == round(acc, 4) and entry.measured["n"] == 300
     assert "# a comment that must survive" in f.read_text()
     assert check_entries(None, n=300, root=user_zoo).ok
+    # a block-style measured: gets its command rewritten to the one that produced the number
+    block = "measured:\n  clean_accuracy: 0.1\n  n: 5\n  command: rgbench zoo measure mnist/user-cnn --n 5\n"
+    f.write_text(re.sub(r"measured: \{.*\}\n", block, f.read_text()))
+    assert measure_clean_accuracy("mnist/user-cnn", n=200, root=user_zoo, batch_size=64) == pytest.approx(
+        get_entry("mnist/user-cnn", user_zoo).measured["clean_accuracy"], abs=5e-5)
+    assert get_entry("mnist/user-cnn", user_zoo).measured["command"] == "rgbench zoo measure mnist/user-cnn --n 200"
