@@ -35,3 +35,14 @@ def test_shipped_entry_passes_check(entry_id: str) -> None:
         pytest.skip(f"{entry_id} not trained yet")
     report = check_entries([entry_id], n=200)
     assert report.ok, [r for r in report.results if not r.ok]
+
+
+GENERATIVE_ENTRIES = [f"{ds}/{name}" for ds in ("mnist", "fashion-mnist") for name in ("abs", "eabs")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("entry_id", GENERATIVE_ENTRIES)
+def test_shipped_generative_entry_passes_check(entry_id: str) -> None:
+    """ABS-family inference is ~0.1-0.2 s per image per core, hence slow and a small n."""
+    report = check_entries([entry_id], n=100)
+    assert report.ok, [r for r in report.results if not r.ok]

@@ -8,6 +8,7 @@ own clipping.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from types import MappingProxyType
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustgen_bench.adaptive import Surrogate
 from robustgen_bench.attacks import register_attack
 from robustgen_bench.attacks.base import Attack, AttackOutput
 from robustgen_bench.attacks.params import Param
@@ -223,7 +225,12 @@ class _DeepFool(FoolboxAttack):
 
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackOutput:
         attack = getattr(_fb().attacks, self.FB_CLASS)(**dict(self.params))
-        return self._call(attack, model, x, y, None)
+        # foolbox re-runs the model once per candidate class on the same input in every step;
+        # for families with an inner optimisation the solution is reused (same EOT draws for
+        # all candidates of one linearisation, which is what DeepFool assumes)
+        reuse = model.reusing_solutions() if isinstance(model, Surrogate) else contextlib.nullcontext()
+        with reuse:
+            return self._call(attack, model, x, y, None)
 
 
 @register_attack(LIBRARY, "LinfDeepFoolAttack")

@@ -396,12 +396,19 @@ class ABSDefense(Defense):
         scores = scores * self._score_scale(xf.shape[1]) * self.class_scales.unsqueeze(1)
         return -scores.T
 
+    def inner_solution(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Detached G_k(z*) (K, N, D) and prior terms (K, N) for x (N, C, H, W): one draw."""
+        xp = self._prepare(x).detach()
+        state = self.optimise(xp)
+        return self.final_terms(xp.flatten(1), state)
+
+    def logits_at_solution(self, x: torch.Tensor, solution: object) -> torch.Tensor:
+        recs, priors = solution  # type: ignore[misc]
+        return self._logits(self._prepare(x), recs, priors)
+
     def surrogate_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Detached-z* logits (N, K): d(-logit_k)/dx = 2 (x - G_k(z*_k)) · scale_k / S."""
-        xp = self._prepare(x)
-        state = self.optimise(xp.detach())
-        recs, priors = self.final_terms(xp.detach().flatten(1), state)
-        return self._logits(xp, recs, priors)
+        return self.logits_at_solution(x, self.inner_solution(x))
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Deployed inference (fresh randomness when variational): (N, C, H, W) → logits (N, K)."""

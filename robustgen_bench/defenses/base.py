@@ -36,6 +36,21 @@ class Defense(nn.Module, ABC):
         """
         return self.predict_with_grad(x)
 
+    def inner_solution(self, x: torch.Tensor) -> object | None:
+        """The non-differentiable part of one surrogate draw for x (N, C, H, W), or None.
+
+        Families with an inner optimisation (ABS, GAN-ABS) return its detached result here, so
+        that :meth:`logits_at_solution` can redo only the cheap differentiable part. Attacks that
+        linearise the same input several times (DeepFool: one gradient per candidate class) reuse
+        it through :meth:`robustgen_bench.adaptive.Surrogate.reusing_solutions`. None (the
+        default) means the family has no such split.
+        """
+        return None
+
+    def logits_at_solution(self, x: torch.Tensor, solution: object) -> torch.Tensor:
+        """Differentiable logits (N, K) of x given ``inner_solution(x)``; only if that is not None."""
+        raise NotImplementedError(f"{type(self).__name__} has no inner solution to reuse")
+
     def predict_with_grad(self, x: torch.Tensor) -> torch.Tensor:
         """Differentiable forward for end-to-end differentiable families; override as needed."""
         raise NotImplementedError(f"{type(self).__name__} defines no differentiable forward")

@@ -458,11 +458,15 @@ class GanAbs(Defense):
 
         z_init is detached too, so for the L2 distance d(-logit_y)/dx = 2 (x - G(z*_y, y)) / scale.
         """
-        out = []
-        for xb in self._chunks(x):
-            inv = self.invert(xb)
-            out.append(-self.class_losses(xb, inv))
-        return torch.cat(out)
+        return self.logits_at_solution(x, self.inner_solution(x))
+
+    def inner_solution(self, x: torch.Tensor) -> list[Inversion]:
+        """The detached inversion of every chunk of x (N, C, H, W)."""
+        return [self.invert(xb) for xb in self._chunks(x)]
+
+    def logits_at_solution(self, x: torch.Tensor, solution: object) -> torch.Tensor:
+        invs: list[Inversion] = solution  # type: ignore[assignment]
+        return torch.cat([-self.class_losses(xb, inv) for xb, inv in zip(self._chunks(x), invs)])
 
 
 @register_family("gan-abs")
