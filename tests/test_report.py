@@ -199,6 +199,9 @@ def test_leaderboard_files_name_their_command(tmp_path: Path) -> None:
     assert cmd in md[0] and md[0].startswith("<!--") and cmd in tex[0] and tex[0].startswith("%")
     assert render_table([run], "md").splitlines()[0] in md  # the same table as `rgbench table`
     assert r"\toprule" in tex and "## Closest adversarial distances (mean / median)" in md
+    # the ε curve behind the distance table is plotted next to the leaderboard and embedded
+    pngs = [line.split("(")[-1].rstrip(")") for line in md if line.startswith("![")]
+    assert pngs and all((tmp_path / "lb" / p).is_file() and p.startswith("small_") for p in pngs)
 
 
 def test_leaderboard_refuses_an_incomplete_run(tmp_path: Path) -> None:

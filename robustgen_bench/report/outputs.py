@@ -61,7 +61,8 @@ def summary_table(run_dir: str | Path) -> Table:
                    title="Accuracy under attack, % [Wilson 95% CI]")
 
 
-def _curve_plots(runs: RunSet, run_dir: Path) -> list[Path]:
+def curve_plots(runs: RunSet, run_dir: Path, prefix: str = "") -> list[Path]:
+    """Robust accuracy vs ε per threat (from minimal-norm distances): CSV + PNG in ``run_dir``."""
     from robustgen_bench.report.plots import plot_robust_accuracy
 
     df = runs.results
@@ -75,11 +76,11 @@ def _curve_plots(runs: RunSet, run_dir: Path) -> list[Path]:
             continue
         grid = np.linspace(0.0, 1.05 * hi, CURVE_POINTS)
         curve = robust_accuracy_curve(df, threat, grid, runs.models).rename(columns=runs.display)
-        csv_path = run_dir / f"robust_accuracy_{threat}.csv"
+        csv_path = run_dir / f"{prefix}robust_accuracy_{threat}.csv"
         curve.to_csv(csv_path)
         out.append(csv_path)
         marks = {e: f"ε={format_epsilon(e)}" for e in budgets}
-        out.append(plot_robust_accuracy(curve, threat, run_dir / f"robust_accuracy_{threat}.png",
+        out.append(plot_robust_accuracy(curve, threat, run_dir / f"{prefix}robust_accuracy_{threat}.png",
                                         marks))
     return out
 
@@ -144,7 +145,7 @@ def write_reports(run_dir: str | Path) -> list[Path]:
         for key in worst_case_keys(list(matrices)):  # the thesis's "McNemar's test p values"
             written.append(plot_pvalues(matrices[key], run_dir / f"mcnemar_{key.slug}.png",
                                         f"McNemar p-values\n{key.group}", runs.stats.alpha))
-        written += _curve_plots(runs, run_dir)
+        written += curve_plots(runs, run_dir)
         written += _example_plots(runs, run_dir)
     _remove_stale(run_dir, written)
     return written
