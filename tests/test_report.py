@@ -4,6 +4,7 @@ written files and the ``rgbench table`` command."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 from pathlib import Path
@@ -251,3 +252,14 @@ def test_leaderboard_reproduce_line_carries_the_runs_overrides(tmp_path: Path) -
     assert f"`rgbench run {suite} --set attacks.pgd-linf.steps=5 --limit 7`" in line
     # without the recorded overrides the committed file does not give the run's hash
     assert "has changed since, or the run used overrides" in _reproduce(str(suite), run.hash())
+
+
+def test_leaderboard_of_a_limited_run_says_so(tmp_path: Path) -> None:
+    from robustgen_bench.report.leaderboard import write_leaderboard
+
+    run = small_run(tmp_path)
+    assert "Prefix run" not in write_leaderboard(run, tmp_path / "lb")[0].read_text()
+    man = json.loads((run / "manifest.json").read_text())
+    man["command_line"] = {"set": [], "limit": 4}
+    (run / "manifest.json").write_text(json.dumps(man))
+    assert "**Prefix run:** `--limit 4`" in write_leaderboard(run, tmp_path / "lb")[0].read_text()

@@ -140,6 +140,11 @@ def write_leaderboard(run_dir: str | Path, out_dir: str | Path = "leaderboards",
           f"# Leaderboard: {name}", ""]
     if missing:
         md += [f"**Incomplete run:** {len(missing)} cells unfinished (e.g. {missing[0]}).", ""]
+    limit = (runs.manifests[0].get("command_line") or {}).get("limit")
+    if limit is not None:
+        md += [f"**Prefix run:** `--limit {limit}` evaluated the first {limit} samples of the suite's "
+               "seeded subset; running the suite without `--limit` into the same run directory "
+               "reuses them and adds the rest.", ""]
     md += [to_markdown(table, caption=cap).rstrip(), ""]
     notes = _suite_notes(_relative(runs.manifests[0].get("suite_file")))
     if notes:
