@@ -75,11 +75,8 @@ class Surrogate(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         sols = self._solutions(x) if self._reuse else None
         if sols is not None:
-            out = self.defense.logits_at_solution(x, sols[0])
-            for sol in sols[1:]:
-                out = out + self.defense.logits_at_solution(x, sol)
-            return out / self.eot
-        out = self.defense.surrogate_logits(x)
-        for _ in range(self.eot - 1):
-            out = out + self.defense.surrogate_logits(x)
-        return out / self.eot
+            draws = [self.defense.logits_at_solution(x, sol) for sol in sols]
+        else:
+            draws = [self.defense.surrogate_logits(x) for _ in range(self.eot)]
+        # summed in draw order, then divided: the same arithmetic as runs already stored
+        return sum(draws[1:], draws[0]) / self.eot

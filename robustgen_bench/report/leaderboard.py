@@ -44,27 +44,18 @@ def _attack_text(a: dict) -> str:
     return head + (f", {params})" if params else ")")
 
 
-def _suite_file_matches(suite_file: str | None, suite_hash: str) -> bool:
-    """Whether the suite file, as it is now, still describes the run (same canonical hash)."""
+def _suite_file_matches(suite_file: str | None, suite_hash: str,
+                        command_line: dict[str, Any] | None = None) -> bool:
+    """Whether the suite file as it is now, with the run's recorded ``--set``/``--limit``, still
+    describes the run (same canonical hash)."""
     if not suite_file or not Path(suite_file).is_file():
         return False
+    cl = command_line or {}
     try:
         from robustgen_bench.config import load_suite
 
-        return load_suite(Path(suite_file)).hash() == suite_hash
-    except Exception:  # noqa: BLE001 - a suite that no longer loads simply does not match
-        return False
-
-
-def _suite_file_matches_with(suite_file: str | None, suite_hash: str, command_line: dict[str, Any]) -> bool:
-    """Like :func:`_suite_file_matches`, applying the run's recorded ``--set``/``--limit``."""
-    if not suite_file or not Path(suite_file).is_file():
-        return False
-    try:
-        from robustgen_bench.config import load_suite
-
-        return load_suite(Path(suite_file), overrides=list(command_line.get("set") or []),
-                          limit=command_line.get("limit")).hash() == suite_hash
+        return load_suite(Path(suite_file), overrides=list(cl.get("set") or []),
+                          limit=cl.get("limit")).hash() == suite_hash
     except Exception:  # noqa: BLE001 - a suite that no longer loads simply does not match
         return False
 
@@ -74,9 +65,9 @@ def _reproduce(suite_file: str | None, suite_hash: str, command_line: dict[str, 
     args = "".join(f" --set {shlex.quote(str(e))}" for e in cl.get("set") or [])
     if cl.get("limit") is not None:
         args += f" --limit {int(cl['limit'])}"
-    if _suite_file_matches(suite_file, suite_hash) or (args and _suite_file_matches_with(suite_file, suite_hash, cl)):
-        return (f"- reproduce the run: `rgbench run {suite_file}{args}` (the suite file as committed, "
-                "with these overrides, has the run's suite hash)")
+    if _suite_file_matches(suite_file, suite_hash, cl):
+        return (f"- reproduce the run: `rgbench run {suite_file}{args}` (the suite file as committed"
+                + (", with these overrides," if args else "") + " has the run's suite hash)")
     return (f"- reproduce the run: `rgbench run {suite_file or 'attack_suites/<suite>.yaml'}` with "
             "the `--set`/`--limit` overrides that give the canonical configuration below (the "
             "suite file has changed since, or the run used overrides)")
