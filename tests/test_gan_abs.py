@@ -9,6 +9,7 @@ from robustgen_bench.defenses.gan_abs import (
     GanAbs,
     GanGeometry,
     InferenceSettings,
+    ProjectionDiscriminator,
     build,
     cyclical_lr_factor,
     direct_init,
@@ -210,4 +211,49 @@ def test_tradeoff_benchmark_measures_the_true_class_reconstruction(x) -> None:
         rec = d._generate(inv.z, None)
     expect = float(sum(((x[i] - rec[i, int(y[i])]) ** 2).sum() for i in range(3))) / 3
     assert r["l2_in"] == pytest.approx(expect, rel=1e-5)
-    assert r["error"] == pytest.approx(float((logits.argmax(1) != y).float().mean()))
+    others = [float(((x[i] - rec[i, k]) ** 2).sum()) for i in range(3) for k in range(3) if k != int(y[i])]
+    assert r["l2_out"] == pytest.approx(sum(others) / len(others), rel=1e-5)
+    wrong = int((logits.argmax(1) != y).sum())
+    assert r["error"] == pytest.approx(wrong / 3)
+    assert r["error_low"] <= r["error"] <= r["error_high"] and r["error_high"] - r["error_low"] > 0.3
+    assert "feat_in" not in r
+
+
+def test_tradeoff_plot_is_written(tmp_path) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parent.parent / "benchmarks" / "gan_abs_tradeoff.py"
+    spec = importlib.util.spec_from_file_location("gan_abs_tradeoff", src)
+    assert spec and spec.loader
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = [{"method": m, "lam": lam, "l2_in": 10.0 * lam, "error": 0.1 * lam}
+            for m in ("Direct", "Direct+") for lam in (0.1, 1.0)]
+    bench.plot_tradeoff(rows, tmp_path / "t.png", "title")
+    assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert bench.method_name("enc-d", True) == "Enc-D+"
+
+
+def test_minibatch_std_channel_sees_a_lack_of_variety() -> None:
+    """The extra channel is the spread across each group: 0 for identical samples, >0 otherwise."""
+    from dataclasses import replace
+
+    D = ProjectionDiscriminator(replace(TINY, disc_minibatch_std=4)).eval()
+    h = torch.randn(8, 3, 5, 5)
+    out = D.minibatch_std(h)
+    assert out.shape == (8, 4, 5, 5)
+    assert torch.equal(out[:, :3], h)
+    # Group 4 over 8 samples: samples i and i + 2, i + 4, i + 6 share a group (view(4, 2, ...)).
+    manual = h.view(4, 2, 3, 5, 5).std(0).mean(dim=(1, 2, 3))
+    assert torch.allclose(out[:, 3, 0, 0], manual.repeat(4))
+    same = D.minibatch_std(h[:1].expand(8, -1, -1, -1))
+    assert torch.all(same[:, 3] == 0)
+    # A batch that does not split into groups of 4 is one group; a single sample gets zeros.
+    assert torch.allclose(D.minibatch_std(h[:6])[:, 3, 0, 0], h[:6].std(0).mean().expand(6))
+    assert torch.all(D.minibatch_std(h[:1])[:, 3] == 0)
+    # The discriminator runs on any batch size and, switched off, keeps its original layout.
+    assert D(torch.rand(5, 1, 28, 28), torch.arange(5) % 3).shape == (5,)
+    plain = ProjectionDiscriminator(TINY)
+    assert plain.body[4].weight.shape[1] == 2 * TINY.disc_channels
+    assert D.body[4].weight.shape[1] == 2 * TINY.disc_channels + 1

@@ -46,3 +46,21 @@ def test_shipped_generative_entry_passes_check(entry_id: str) -> None:
     """ABS-family inference is ~0.1-0.2 s per image per core, hence slow and a small n."""
     report = check_entries([entry_id], n=100)
     assert report.ok, [r for r in report.results if not r.ok]
+
+
+@pytest.mark.parametrize("entry_id", entry_ids())
+def test_shipped_weights_files_match_their_sha256(entry_id: str) -> None:
+    """Files committed with the repository (not downloaded) are present and hash as declared.
+
+    Catches an entry that shares another entry's file (e.g. a "+" variant naming
+    ``../gan-abs/weights.safetensors``) after that file was retrained.
+    """
+    from robustgen_bench.zoo import sha256_file
+
+    entry = get_entry(entry_id)
+    for w in entry.weights:
+        if w.url is not None:
+            continue
+        path = entry.weight_path(w)
+        assert path.is_file(), f"{entry_id}: {path} missing"
+        assert sha256_file(path) == w.sha256, f"{entry_id}: {w.file} does not hash as declared"

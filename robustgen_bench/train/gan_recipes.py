@@ -61,6 +61,11 @@ class PartSettings:
     lr: float = 2e-4
     adv_weight: float = 1.0  # weight of the discriminator term in eq. 3.3 / 3.5
     noise_max: float = 0.5  # feature CNN: Gaussian noise σ ~ U(0, noise_max)
+    # GAN: diversity-sensitive term (Yang et al. 2019), -w · min(|G(z1,y) - G(z2,y)|₁ / |z1 - z2|₁, cap),
+    # averaged over pairs that share a class; 0 = off. Counters a generator that ignores z.
+    diversity_weight: float = 0.0
+    diversity_cap: float = 0.1
+    disc_lr: float | None = None  # GAN: discriminator learning rate (None = lr; > lr is TTUR)
     limit: int | None = None  # use only the first `limit` training images (tests, timing)
 
 
@@ -127,13 +132,25 @@ def _run_epochs(part_dir: Path, s: PartSettings, modules: dict[str, nn.Module],
         log(f"{part_dir.name}: epoch {epoch}/{s.epochs} {time.time() - t0:.0f}s {msg}")
 
 
+def diversity(xf: torch.Tensor, z: torch.Tensor, cap: float) -> torch.Tensor:
+    """Mean over pairs (i, i + N/2) of min(mean|xf_i - xf_j| / mean|z_i - z_j|, cap) -> scalar.
+
+    xf (N, C, H, W) generated from z (N, d), pairs sharing a class. Capped so that it rewards a
+    generator for using z up to a realistic spread, not for producing noise.
+    """
+    half = len(z) // 2
+    ratio = ((xf[:half] - xf[half:2 * half]).abs().flatten(1).mean(1)
+             / (z[:half] - z[half:2 * half]).abs().mean(1))
+    return ratio.clamp(max=cap).mean()
+
+
 def train_gan(x: torch.Tensor, y: torch.Tensor, g: GanGeometry, s: PartSettings, part_dir: Path,
               log: Log = print) -> tuple[Generator, ProjectionDiscriminator]:
     """Hinge-loss conditional GAN on x (N, 1, 28, 28) in [0, 1], y (N,); returns (G, D) in eval mode."""
     torch.manual_seed(s.seed)
     G, D = Generator(g), ProjectionDiscriminator(g)
     oG = torch.optim.Adam(G.parameters(), s.lr, betas=(0.5, 0.999))
-    oD = torch.optim.Adam(D.parameters(), s.lr, betas=(0.5, 0.999))
+    oD = torch.optim.Adam(D.parameters(), s.disc_lr or s.lr, betas=(0.5, 0.999))
 
     def epoch_fn(epoch: int) -> dict[str, float]:
         G.train()
@@ -149,7 +166,14 @@ def train_gan(x: torch.Tensor, y: torch.Tensor, g: GanGeometry, s: PartSettings,
             oD.zero_grad()
             loss_d.backward()
             oD.step()
-            loss_g = -D(G(torch.randn(len(idx), g.latent_dim), yf), yf).mean()
+            if s.diversity_weight:
+                half = len(idx) // 2  # pairs (i, i + half) share a class and differ in z
+                yf = torch.cat([yf[:half], yf[:half]])
+                z = torch.randn(len(yf), g.latent_dim)
+                xf = G(z, yf)
+                loss_g = -D(xf, yf).mean() - s.diversity_weight * diversity(xf, z, s.diversity_cap)
+            else:
+                loss_g = -D(G(torch.randn(len(idx), g.latent_dim), yf), yf).mean()
             oG.zero_grad()
             loss_g.backward()
             oG.step()
@@ -317,7 +341,11 @@ def gan_abs_recipe(ctx: TrainContext) -> None:
                      batch_size=int(ctx.hparam("batch_size", 64, int)),
                      lr=float(ctx.hparam("lr", 2e-4, (int, float))),
                      adv_weight=float(ctx.hparam("adv_weight", 1.0, (int, float))),
-                     noise_max=float(ctx.hparam("noise_max", 0.5, (int, float))))
+                     noise_max=float(ctx.hparam("noise_max", 0.5, (int, float))),
+                     diversity_weight=float(ctx.hparam("diversity_weight", 0.0, (int, float))),
+                     diversity_cap=float(ctx.hparam("diversity_cap", 0.1, (int, float))),
+                     disc_lr=(float(ctx.hparam("disc_lr", 0.0, (int, float)))
+                              if "disc_lr" in ctx.entry.train else None))
     base_weights = None
     base_id = ctx.entry.train.get("base")
     if base_id is not None:
