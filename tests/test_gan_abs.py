@@ -193,15 +193,21 @@ def test_build_rejects_bad_config() -> None:
         build({"lamda": 1.0})
 
 
-def test_tradeoff_benchmark_measures_the_true_class_reconstruction(x) -> None:
+@pytest.fixture(scope="module")
+def bench():
+    """benchmarks/gan_abs_tradeoff.py as a module (benchmarks are scripts, not a package)."""
     import importlib.util
     from pathlib import Path
 
     src = Path(__file__).resolve().parent.parent / "benchmarks" / "gan_abs_tradeoff.py"
     spec = importlib.util.spec_from_file_location("gan_abs_tradeoff", src)
     assert spec and spec.loader
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tradeoff_benchmark_measures_the_true_class_reconstruction(bench, x) -> None:
     d = tiny_defense(steps=3)
     y = torch.tensor([2, 0, 1])
     r = bench.evaluate(d, x, y, None)
@@ -219,15 +225,7 @@ def test_tradeoff_benchmark_measures_the_true_class_reconstruction(x) -> None:
     assert "feat_in" not in r
 
 
-def test_tradeoff_plot_is_written(tmp_path) -> None:
-    import importlib.util
-    from pathlib import Path
-
-    src = Path(__file__).resolve().parent.parent / "benchmarks" / "gan_abs_tradeoff.py"
-    spec = importlib.util.spec_from_file_location("gan_abs_tradeoff", src)
-    assert spec and spec.loader
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_tradeoff_plot_is_written(bench, tmp_path) -> None:
     rows = [{"method": m, "lam": lam, "l2_in": 10.0 * lam, "error": 0.1 * lam}
             for m in ("Direct", "Direct+") for lam in (0.1, 1.0)]
     bench.plot_tradeoff(rows, tmp_path / "t.png", "title")
