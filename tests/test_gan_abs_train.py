@@ -63,11 +63,11 @@ def test_diversity_term_rewards_spread_up_to_its_cap() -> None:
 
     z = torch.randn(8, 4)
     same = (torch.rand(1, 1, 5, 5) + 1e-4 * torch.randn(8, 1, 5, 5)).requires_grad_(True)
-    assert float(diversity(same, z, cap=0.1)) < 1e-3
+    assert float(diversity(same, z, cap=0.1).detach()) < 1e-3
     (g,) = torch.autograd.grad(diversity(same, z, cap=0.1), same)
     assert g.abs().sum() > 0  # a generator that (almost) ignores z is pushed to use it
     spread = torch.rand(8, 1, 5, 5).requires_grad_(True)
     ratio = ((spread[:4] - spread[4:]).abs().flatten(1).mean(1) / (z[:4] - z[4:]).abs().mean(1))
-    assert float(diversity(spread, z, cap=10.0)) == pytest.approx(float(ratio.mean()))
-    (g,) = torch.autograd.grad(diversity(spread, z, cap=float(ratio.min()) / 2), spread)
+    assert float(diversity(spread, z, cap=10.0).detach()) == pytest.approx(float(ratio.mean().detach()))
+    (g,) = torch.autograd.grad(diversity(spread, z, cap=float(ratio.min().detach()) / 2), spread)
     assert torch.all(g == 0)  # above the cap: no reward for more spread
