@@ -67,8 +67,8 @@ class GanGeometry:
     disc_channels: int = 32
     enc_channels: int = 32
     feat_channels: int = 32
-    # Minibatch-stddev group size in the discriminator (0 = off). Without it the small cGAN here
-    # collapsed within each class (per-class pixel std 0.02 vs 0.16 for real digits after 6 epochs).
+    # Minibatch-stddev group size in the discriminator (0 = off). One of the three changes that
+    # stopped the MNIST cGAN from ignoring z (model_zoo/mnist/gan-abs/README.md); alone it did not.
     disc_minibatch_std: int = 0
 
     @classmethod
