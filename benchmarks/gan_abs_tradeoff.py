@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(row)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     png = a.out.with_suffix(".png")
-    if rows:
+    if len(rows) > 1:  # one point is not a trade-off curve
         plot_tradeoff(rows, png, f"GAN-ABS on {a.dataset}: error vs in-domain distance "
                                  f"(first {a.n}, {a.steps} steps)")
         lines[4:4] = [f"![error rate vs in-domain distance]({png.name})", ""]
