@@ -23,24 +23,15 @@ from pathlib import Path
 import torch
 
 from robustgen_bench.data import load_tensors
-from robustgen_bench.defenses.gan_abs import Generator, GanGeometry
-from robustgen_bench.zoo import build_defense, fetch_weights, get_entry
+from robustgen_bench.defenses.gan_abs import Generator
+from robustgen_bench.zoo import build_defense, get_entry
 
 
 def load_generator(entry_id: str, checkpoint: Path | None) -> Generator:
-    """The entry's generator, or the one in a ``train`` checkpoint of the same geometry."""
-    from safetensors.torch import load_file
-
-    entry = get_entry(entry_id)
-    G = Generator(GanGeometry.from_config(dict(entry.config)))
+    """The entry's generator (loaded and sha256-verified by the zoo), or a ``train`` checkpoint's."""
+    G = build_defense(get_entry(entry_id)).generator
     if checkpoint is not None:
         G.load_state_dict(torch.load(checkpoint, weights_only=True)["modules"]["generator"])
-    else:
-        state: dict[str, torch.Tensor] = {}
-        for path in fetch_weights(entry).values():
-            state |= load_file(str(path))
-        G.load_state_dict({k[len("generator."):]: v for k, v in state.items()
-                           if k.startswith("generator.")})
     return G.eval()
 
 
