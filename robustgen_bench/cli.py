@@ -31,9 +31,13 @@ def run(
     limit: Annotated[Optional[int], typer.Option(help="Evaluate at most N samples.")] = None,
     run_dir: Annotated[Optional[Path], typer.Option(help="Default: runs/<suite name>/")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Dataset root (else $RGBENCH_DATA).")] = None,
+    executor: Annotated[str, typer.Option(help="Where batches run: local (this process) or ray.")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster to join ('auto', 'ray://host:10001'); default: start Ray on this machine.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="CPUs of a Ray instance started here (default: all).")] = None,
 ) -> None:
     """Run every (model × attack × budget) cell of SUITE, store per-sample results, print tables."""
     from robustgen_bench.config import load_suite
+    from robustgen_bench.executors import make_executor
     from robustgen_bench.progress import RichProgress
     from robustgen_bench.runner import run_suite
 
@@ -41,8 +45,12 @@ def run(
     out = run_dir or Path("runs") / s.name
     console.print(f"[bold]{s.name}[/]: {len(s.models)} models × {len(s.attacks)} attack budgets "
                   f"on {s.dataset.n} {s.dataset.name.value} {s.dataset.split} samples → {out}")
-    with RichProgress(console) as progress:
-        run_suite(s, out, data_dir=data_dir, progress=progress.task)
+    ex = make_executor(executor, address=ray_address, num_cpus=workers)
+    try:
+        with RichProgress(console) as progress:
+            run_suite(s, out, data_dir=data_dir, progress=progress.task, executor=ex)
+    finally:
+        ex.close()
     _report(out)
 
 

@@ -3,7 +3,8 @@
 Data flow: :class:`~robustgen_bench.config.Suite` → :func:`plan` → :func:`run_suite` → store.
 Samples are processed in fixed batches (positions in the seeded subset), each committed
 atomically, so an interrupted run resumes with the same batches and the same per-batch seeds:
-its final rows equal an uninterrupted run's.
+its final rows equal an uninterrupted run's. Batches run on an executor (this process, or Ray
+workers; :mod:`robustgen_bench.executors`); only this module writes the store.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ import logging
 import os
 import platform
 import subprocess
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -24,11 +24,11 @@ from typing import Any
 import torch
 
 from robustgen_bench.attacks.spec import AttackSpec
-from robustgen_bench.attacks.verification import majority_vote, predict_draws
 from robustgen_bench.config import Suite
 from robustgen_bench.data import EvalSubset, load_subset
+from robustgen_bench.executors import BatchTask, Executor, LocalExecutor
 from robustgen_bench.store import CellInfo, ResultRow, ResultStore, read_results, write_manifest
-from robustgen_bench.zoo import ZooEntry, build_defense, get_entry
+from robustgen_bench.zoo import ZooEntry, get_entry
 
 log = logging.getLogger(__name__)
 
@@ -106,13 +106,16 @@ def _versions() -> dict[str, str]:
 
 
 def manifest(suite: Suite, subset: EvalSubset, entries: dict[str, ZooEntry],
-             timings: dict[str, float], cells: list[Cell]) -> dict[str, Any]:
+             timings: dict[str, float], cells: list[Cell],
+             executor: Executor | None = None) -> dict[str, Any]:
     """Provenance of a run: code, versions, weights, suite, seeds, samples, machine, timings."""
     return {
         "suite": suite.canonical(),
         "suite_hash": suite.hash(),
         "suite_file": str(suite.source) if suite.source else None,
         "command_line": {"set": list(suite.overrides), "limit": suite.limit},
+        # Where the batches ran; it does not enter any cell key (rows are the same everywhere).
+        "executor": repr(executor or LocalExecutor()),
         "git_commit": _git_commit(),
         "versions": _versions(),
         "models": [{"id": e.id, "name": e.name, "family": e.family or e.builder,
@@ -144,66 +147,108 @@ class _NullProgress:
 
 
 def run_suite(suite: Suite, run_dir: str | Path, *, data_dir: str | Path | None = None,
-              progress: ProgressFactory | None = None) -> Path:
+              progress: ProgressFactory | None = None, executor: Executor | None = None) -> Path:
     """Execute every pending cell of ``suite`` into ``run_dir``; returns the run directory.
 
     ``progress(label, total, done)`` returns an object with ``advance(n)`` and ``close()``.
+    ``executor`` runs the batches (default: in this process); whichever runs them, the rows are
+    the same and only this function writes the store. Clean cells run first: every attack batch
+    needs its model's stored clean predictions.
     """
-    from robustgen_bench.attacks import make_attack
-
     run_dir = Path(run_dir)
     subset = load_subset(suite.dataset.name, suite.dataset.split, suite.dataset.n,
                          suite.dataset.seed, data_dir)
     cells = plan(suite)
     entries = {m: get_entry(m) for m in suite.models}
-    progress = progress or (lambda label, total, done: _NullProgress())
+    executor = executor or LocalExecutor()
     store = ResultStore(run_dir)
     try:
-        timings = store.cell_seconds()
-        write_manifest(run_dir, manifest(suite, subset, entries, timings, cells))
-        n = len(subset.y)
-        batches = _batches(n, suite.run.batch_size)
-        for model_id in suite.models:
-            entry = entries[model_id]
-            model_cells = [c for c in cells if c.model == model_id]
-            pending = {c.key: store.done_indices(c.key) for c in model_cells}
-            wanted = {int(i) for i in subset.indices}
-            if all(wanted <= done for done in pending.values()):
-                continue
-            defense = build_defense(entry)
-            clean_cell = model_cells[0]
-            clean_pred = _run_clean(store, suite, clean_cell, entry, defense, subset, batches,
-                                    progress)
-            for cell in model_cells[1:]:
-                assert cell.attack is not None
-                info = _cell_info(cell, subset)
-                store.ensure_cell(info)
-                done = store.done_indices(cell.key)
-                todo = [b for b in batches if not {int(subset.indices[i]) for i in b} <= done]
-                if not todo:
-                    continue
-                attack = make_attack(cell.attack)
-                bar = progress(cell.label, n, n - sum(len(b) for b in todo))
-                try:
-                    for b in todo:
-                        idx = torch.tensor(list(b))
-                        t0 = time.perf_counter()
-                        # The attack seeds itself from its seed and the batch's sample indices, so
-                        # a resumed batch sees the same randomness as in an uninterrupted run.
-                        rows = attack(defense, entry.adaptive, subset.x[idx], subset.y[idx],
-                                      [int(subset.indices[i]) for i in b], clean_pred[idx])
-                        _check_rows(rows, [int(subset.indices[i]) for i in b], cell)
-                        store.add_results(info, rows, time.perf_counter() - t0)
-                        if b.start == 0 and suite.run.save_examples:
-                            _save_examples(run_dir, cell, subset.x[idx], subset.y[idx],
-                                           attack.last_x_adv, rows, suite.run.save_examples)
-                        bar.advance(len(b))
-                finally:
-                    bar.close()
-        write_manifest(run_dir, manifest(suite, subset, entries, store.cell_seconds(), cells))
+        write_manifest(run_dir, manifest(suite, subset, entries, store.cell_seconds(), cells,
+                                         executor))
+        batches = _batches(len(subset.y), suite.run.batch_size)
+        bars = _Bars(progress, store, len(subset.y))
+        clean_cells = [c for c in cells if c.attack is None]
+        attack_cells = [c for c in cells if c.attack is not None]
+        tasks = (t for c in clean_cells
+                 for t in _tasks(c, entries[c.model], suite, subset, batches, store, None))
+        _drain(executor, bars.opening(tasks), store, bars, cells, subset, run_dir, suite)
+        clean_pred = {c.model: _clean_predictions(store, c, subset) for c in clean_cells}
+        tasks = (t for c in attack_cells
+                 for t in _tasks(c, entries[c.model], suite, subset, batches, store,
+                                 clean_pred[c.model]))
+        _drain(executor, bars.opening(tasks), store, bars, cells, subset, run_dir, suite)
+        write_manifest(run_dir, manifest(suite, subset, entries, store.cell_seconds(), cells,
+                                         executor))
     finally:
         store.close()
     return run_dir
+
+
+def _tasks(cell: Cell, entry: ZooEntry, suite: Suite, subset: EvalSubset, batches: list[range],
+           store: ResultStore, clean_pred: torch.Tensor | None) -> Iterator[BatchTask]:
+    """The cell's batches that are not fully stored yet, as tasks (registers the cell)."""
+    store.ensure_cell(_cell_info(cell, subset))
+    done = store.done_indices(cell.key)
+    for b in batches:
+        indices = tuple(int(subset.indices[i]) for i in b)
+        if set(indices) <= done:
+            continue
+        idx = torch.tensor(list(b))
+        yield BatchTask(
+            cell_key=cell.key, label=cell.label, model=cell.model,
+            weights=tuple(_weights_fingerprint(entry)), attack=cell.attack,
+            x=subset.x[idx], y=subset.y[idx], indices=indices,
+            clean_pred=None if clean_pred is None else clean_pred[idx],
+            clean_seed=_batch_seed(suite.dataset.seed, b.start),
+            verify_draws=suite.run.verify_draws,
+            keep_adv=cell.attack is not None and b.start == 0 and suite.run.save_examples > 0)
+
+
+def _drain(executor: Executor, tasks: Iterator[BatchTask], store: ResultStore, bars: _Bars,
+           planned: list[Cell], subset: EvalSubset, run_dir: Path, suite: Suite) -> None:
+    """Store each result as it arrives (one transaction per batch), advance its cell's bar."""
+    cells = {c.key: c for c in planned}
+    try:
+        for r in executor.map(tasks):
+            t = r.task
+            cell = cells[t.cell_key]
+            _check_rows(r.rows, list(t.indices), cell)
+            store.add_results(_cell_info(cell, subset), r.rows, r.seconds)
+            if r.x_adv is not None:
+                _save_examples(run_dir, cell, t.x, t.y, r.x_adv, r.rows, suite.run.save_examples)
+            bars.advance(t.cell_key, len(t.indices))
+    finally:
+        bars.close_all()
+
+
+class _Bars:
+    """One progress bar per cell, opened when the cell's first batch is handed to the executor
+    and closed when its last batch is stored (several are open at once under Ray)."""
+
+    def __init__(self, factory: ProgressFactory | None, store: ResultStore, total: int) -> None:
+        self._factory = factory or (lambda label, total, done: _NullProgress())
+        self._store, self._total = store, total
+        self._open: dict[str, tuple[Any, int]] = {}
+
+    def opening(self, tasks: Iterator[BatchTask]) -> Iterator[BatchTask]:
+        for t in tasks:
+            if t.cell_key not in self._open:
+                done = len(self._store.done_indices(t.cell_key))
+                self._open[t.cell_key] = (self._factory(t.label, self._total, done), done)
+            yield t
+
+    def advance(self, key: str, n: int) -> None:
+        bar, done = self._open[key]
+        bar.advance(n)
+        self._open[key] = (bar, done + n)
+        if done + n >= self._total:
+            bar.close()
+            del self._open[key]
+
+    def close_all(self) -> None:
+        for bar, _ in self._open.values():
+            bar.close()
+        self._open.clear()
 
 
 def _save_examples(run_dir: Path, cell: Cell, x: torch.Tensor, y: torch.Tensor,
@@ -258,34 +303,8 @@ def _check_rows(rows: list[ResultRow], expected: list[int], cell: Cell) -> None:
                            f"expected {sorted(expected)[:5]}...")
 
 
-def _run_clean(store: ResultStore, suite: Suite, cell: Cell, entry: ZooEntry, defense: Any,
-               subset: EvalSubset, batches: list[range], progress: ProgressFactory) -> torch.Tensor:
-    """Clean predictions (N,) for every sample, stored as the model's 'clean' cell."""
-    info = _cell_info(cell, subset)
-    store.ensure_cell(info)
-    done = store.done_indices(cell.key)
-    todo = [b for b in batches if not {int(subset.indices[i]) for i in b} <= done]
-    if todo:
-        bar = progress(cell.label, len(subset.y), len(subset.y) - sum(len(b) for b in todo))
-        try:
-            for b in todo:
-                idx = torch.tensor(list(b))
-                t0 = time.perf_counter()
-                with torch.random.fork_rng():
-                    torch.manual_seed(_batch_seed(suite.dataset.seed, b.start))
-                    # Same verdict rule as attacks: majority of draws, ties to the true label.
-                    n_draws = suite.run.verify_draws if entry.adaptive.randomized else 1
-                    draws = predict_draws(defense, subset.x[idx], n_draws)
-                pred = majority_vote(draws, subset.y[idx])
-                rows = [ResultRow(sample_index=int(subset.indices[i]), label=int(subset.y[i]),
-                                  clean_pred=int(pred[j]), adv_pred=int(pred[j]),
-                                  adv_correct=bool(pred[j] == subset.y[i]), distance=None,
-                                  draws=tuple(int(d) for d in draws[:, j]))
-                        for j, i in enumerate(b)]
-                store.add_results(info, rows, time.perf_counter() - t0)
-                bar.advance(len(b))
-        finally:
-            bar.close()
+def _clean_predictions(store: ResultStore, cell: Cell, subset: EvalSubset) -> torch.Tensor:
+    """The stored clean predictions (N,) of ``cell``'s model, in subset order."""
     df = read_results(store.run_dir, [cell.key])
     by_index = dict(zip(df.sample_index.astype(int), df.clean_pred.astype(int)))
     return torch.tensor([by_index[int(i)] for i in subset.indices], dtype=torch.long)

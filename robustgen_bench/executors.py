@@ -1,0 +1,231 @@
+"""Where batches run: in this process (``local``, the default) or on a Ray cluster (``ray``).
+
+The unit of work is one :class:`BatchTask`: one batch of samples of one cell. :func:`run_task`
+is a pure function of the task (the defense is rebuilt from its zoo entry, randomness comes from
+seeds in the task), so a batch gives the same rows whichever process or machine runs it. The
+executor only moves tasks out and results back; the runner alone writes the store, so SQLite
+keeps one writer and a crash loses at most the batches in flight.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Protocol
+
+import torch
+
+from robustgen_bench.attacks.spec import AttackSpec
+from robustgen_bench.attacks.verification import majority_vote, predict_draws
+from robustgen_bench.errors import RuntimeFailure, UserInputError
+from robustgen_bench.store import ResultRow
+
+
+class ExecutorKind(str, Enum):
+    """The executors ``rgbench run --executor`` accepts."""
+
+    LOCAL = "local"
+    RAY = "ray"
+
+
+@dataclass(frozen=True)
+class BatchTask:
+    """One batch of one cell.
+
+    ``x`` (B, C, H, W) in [0, 1], ``y`` (B,) labels, ``indices`` the B dataset indices,
+    ``clean_pred`` (B,) the stored clean predictions (None for the clean cell itself).
+    ``weights`` are the entry's sha256s as the driver saw them: a worker whose zoo differs
+    refuses the task instead of silently evaluating other weights.
+    """
+
+    cell_key: str
+    label: str
+    model: str
+    weights: tuple[str, ...]
+    attack: AttackSpec | None
+    x: torch.Tensor
+    y: torch.Tensor
+    indices: tuple[int, ...]
+    clean_pred: torch.Tensor | None
+    clean_seed: int
+    verify_draws: int
+    keep_adv: bool
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What a worker sends back: one row per sample, the compute time and (if asked) x_adv (B, ...)."""
+
+    task: BatchTask
+    rows: list[ResultRow]
+    seconds: float
+    x_adv: torch.Tensor | None
+
+
+# One defense per worker process, rebuilt only when the model changes (tasks arrive grouped by
+# model); ABS-family defenses cache decoded candidates, so rebuilding per batch would be costly.
+_CACHE: dict[str, tuple[tuple[str, ...], Any, Any]] = {}
+
+
+def _defense(model: str, weights: tuple[str, ...]) -> tuple[Any, Any]:
+    from robustgen_bench.zoo import build_defense, get_entry
+
+    hit = _CACHE.get(model)
+    if hit is not None and hit[0] == weights:
+        return hit[1], hit[2]
+    entry = get_entry(model)
+    found = tuple(w.sha256 for w in entry.weights)
+    if found != weights:
+        raise RuntimeFailure(f"{model}: this worker's zoo entry has weights {found}, the run "
+                             f"planned {weights}; every node needs the same model_zoo/")
+    defense = build_defense(entry)
+    _CACHE.clear()
+    _CACHE[model] = (weights, defense, entry.adaptive)
+    return defense, entry.adaptive
+
+
+def run_task(task: BatchTask) -> BatchResult:
+    """Run one batch: clean predictions, or one attack with its invariants; returns the rows."""
+    from robustgen_bench.attacks import make_attack
+
+    defense, adaptive = _defense(task.model, task.weights)
+    t0 = time.perf_counter()
+    if task.attack is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(task.clean_seed)
+            n_draws = task.verify_draws if adaptive.randomized else 1
+            draws = predict_draws(defense, task.x, n_draws)
+        # Same verdict rule as attacks: majority of draws, ties to the true label.
+        pred = majority_vote(draws, task.y)
+        rows = [ResultRow(sample_index=i, label=int(task.y[j]), clean_pred=int(pred[j]),
+                          adv_pred=int(pred[j]), adv_correct=bool(pred[j] == task.y[j]),
+                          distance=None, draws=tuple(int(d) for d in draws[:, j]))
+                for j, i in enumerate(task.indices)]
+        return BatchResult(task, rows, time.perf_counter() - t0, None)
+    assert task.clean_pred is not None
+    attack = make_attack(task.attack)
+    # The attack seeds itself from its seed and the batch's sample indices, so the batch sees the
+    # same randomness in any process and after any resume.
+    rows = attack(defense, adaptive, task.x, task.y, list(task.indices), task.clean_pred)
+    x_adv = attack.last_x_adv if task.keep_adv else None
+    return BatchResult(task, rows, time.perf_counter() - t0, x_adv)
+
+
+class Executor(Protocol):
+    """Runs tasks and yields their results in completion order (not necessarily task order)."""
+
+    def map(self, tasks: Iterable[BatchTask]) -> Iterator[BatchResult]: ...
+
+    def close(self) -> None: ...
+
+
+class LocalExecutor:
+    """Runs each task in this process when the runner asks for its result (lazy, in order)."""
+
+    def map(self, tasks: Iterable[BatchTask]) -> Iterator[BatchResult]:
+        for t in tasks:
+            yield run_task(t)
+
+    def close(self) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return "LocalExecutor()"
+
+
+# Variables a worker needs to find the same zoo, reference weights and data as the driver.
+_FORWARDED_ENV = ("RGBENCH_ZOO", "RGBENCH_WEIGHTS", "RGBENCH_DATA", "RGBENCH_NO_DOWNLOAD",
+                  "GIT_PYTHON_REFRESH")
+
+
+class RayExecutor:
+    """Runs tasks as Ray tasks (one CPU each) on a cluster or on a local Ray instance.
+
+    ``address=None`` starts a local instance with ``num_cpus`` workers (default: all cores);
+    ``"auto"`` or ``"ray://host:10001"`` joins a running cluster, whose nodes need this package
+    and the same ``model_zoo/`` installed. At most ``in_flight`` tasks (default: twice the
+    cluster's CPUs) are submitted at a time, so progress reflects what is really running and a
+    crash of the driver loses little work.
+    """
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None,
+                 in_flight: int | None = None) -> None:
+        try:
+            import ray
+        except ModuleNotFoundError as e:
+            raise UserInputError("the ray executor needs Ray: pip install 'robustgen-bench[ray]'",
+                                 key="--executor") from e
+        self._ray = ray
+        self.address, self.num_cpus = address, num_cpus
+        self._owns = not ray.is_initialized()
+        if self._owns:
+            env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+            env.setdefault("OMP_NUM_THREADS", "1")
+            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
+                                      "runtime_env": {"env_vars": env}}
+            if address is None:
+                kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
+            ray.init(address=address, **kwargs)
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        self.in_flight = in_flight or 2 * cpus
+        self._remote = ray.remote(num_cpus=1, max_retries=0)(_ray_run_task)
+
+    def map(self, tasks: Iterable[BatchTask]) -> Iterator[BatchResult]:
+        ray = self._ray
+        it = iter(tasks)
+        pending: list[Any] = []
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and len(pending) < self.in_flight:
+                    t = next(it, None)
+                    if t is None:
+                        exhausted = True
+                    else:
+                        pending.append(self._remote.remote(t))
+                if not pending:
+                    return
+                ready, pending = ray.wait(pending, num_returns=1)
+                try:
+                    result = ray.get(ready[0])
+                except ray.exceptions.RayTaskError as e:
+                    cause = getattr(e, "cause", None)
+                    raise (cause if isinstance(cause, BaseException) else e) from None
+                yield result
+        finally:
+            # An error, or a caller that stops early (Ctrl-C): do not leave batches running
+            # whose results nobody will store.
+            for ref in pending:
+                ray.cancel(ref)
+
+    def close(self) -> None:
+        if self._owns and self._ray.is_initialized():
+            self._ray.shutdown()
+
+    def __repr__(self) -> str:
+        return f"RayExecutor(address={self.address!r}, num_cpus={self.num_cpus!r})"
+
+
+def _ray_run_task(task: BatchTask) -> BatchResult:
+    torch.set_num_threads(1)
+    return run_task(task)
+
+
+def make_executor(kind: ExecutorKind | str = ExecutorKind.LOCAL, *, address: str | None = None,
+                  num_cpus: int | None = None) -> LocalExecutor | RayExecutor:
+    """The executor named ``kind`` (``local`` or ``ray``)."""
+    try:
+        kind = ExecutorKind(kind)
+    except ValueError:
+        raise UserInputError(f"unknown executor {kind!r}; expected one of "
+                             f"{[k.value for k in ExecutorKind]}", key="--executor") from None
+    if kind is ExecutorKind.LOCAL:
+        return LocalExecutor()
+    return RayExecutor(address=address, num_cpus=num_cpus)
+
+
+__all__ = ["BatchTask", "BatchResult", "Executor", "ExecutorKind", "LocalExecutor", "RayExecutor",
+           "make_executor", "run_task"]
