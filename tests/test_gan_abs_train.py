@@ -71,3 +71,29 @@ def test_diversity_term_rewards_spread_up_to_its_cap() -> None:
     assert float(diversity(spread, z, cap=10.0).detach()) == pytest.approx(float(ratio.mean().detach()))
     (g,) = torch.autograd.grad(diversity(spread, z, cap=float(ratio.min().detach()) / 2), spread)
     assert torch.all(g == 0)  # above the cap: no reward for more spread
+
+
+def test_fingerprint_ignores_new_defaulted_fields_but_not_changed_values() -> None:
+    from dataclasses import dataclass
+
+    from robustgen_bench.train.gan_recipes import PartSettings, fingerprint
+
+    @dataclass(frozen=True)
+    class Old:
+        epochs: int
+        lr: float = 2e-4
+
+    @dataclass(frozen=True)
+    class Old2:  # the same settings after a release added an option with a default
+        epochs: int
+        lr: float = 2e-4
+        disc_lr: float | None = None
+
+    Old2.__name__ = Old.__name__
+    assert fingerprint("gan", Old(0)) == fingerprint("gan", Old2(0))
+    assert fingerprint("gan", Old(0)) != fingerprint("gan", Old2(0, disc_lr=4e-4))
+    assert fingerprint("gan", Old(0)) != fingerprint("gan", Old(0, lr=1e-4))
+    assert fingerprint("gan", Old(0)) != fingerprint("enc", Old(0))
+    base = PartSettings(epochs=0)
+    assert fingerprint(base) != fingerprint(PartSettings(epochs=0, diversity_weight=10.0))
+    assert fingerprint(base) == fingerprint(PartSettings(epochs=0, disc_lr=None))

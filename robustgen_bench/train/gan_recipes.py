@@ -85,9 +85,36 @@ def _last_epoch(part_dir: Path) -> int:
     return max(done, default=0)
 
 
+def _canonical(obj: object) -> object:
+    """``obj`` with every dataclass reduced to its class name and its non-default fields.
+
+    A field added later with a default (as ``disc_lr`` was) leaves the canonical form, and so
+    the fingerprint of existing checkpoints, unchanged; setting it to another value changes it.
+    """
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        changed = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            default = (f.default if f.default is not dataclasses.MISSING
+                       else f.default_factory() if f.default_factory is not dataclasses.MISSING
+                       else dataclasses.MISSING)
+            if default is dataclasses.MISSING or value != default:
+                changed[f.name] = _canonical(value)
+        return (type(obj).__name__, sorted(changed.items()))
+    if isinstance(obj, (list, tuple)):
+        return [_canonical(v) for v in obj]
+    if isinstance(obj, dict):
+        return sorted((str(k), _canonical(v)) for k, v in obj.items())
+    return obj
+
+
 def fingerprint(*parts: object, module: nn.Module | None = None) -> str:
-    """sha256 of the settings (and of ``module``'s weights): what a checkpoint was trained from."""
-    h = hashlib.sha256(repr(parts).encode())
+    """sha256 of the settings (and of ``module``'s weights): what a checkpoint was trained from.
+
+    Settings enter through :func:`_canonical`, so adding a defaulted option to a settings
+    dataclass does not make older checkpoints look stale.
+    """
+    h = hashlib.sha256(repr(_canonical(list(parts))).encode())
     if module is not None:
         for k, v in sorted(module.state_dict().items()):
             h.update(k.encode())
