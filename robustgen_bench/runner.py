@@ -153,7 +153,10 @@ def run_suite(suite: Suite, run_dir: str | Path, *, data_dir: str | Path | None 
     ``progress(label, total, done)`` returns an object with ``advance(n)`` and ``close()``.
     ``executor`` runs the batches (default: in this process); whichever runs them, the rows are
     the same and only this function writes the store. Clean cells run first: every attack batch
-    needs its model's stored clean predictions.
+    needs its model's stored clean predictions. Attack cells of a model run batch by batch
+    (batch 0 of every attack, then batch 1, ...): a long run that is stopped leaves a prefix of
+    samples finished under every attack, which ``rgbench run SUITE --limit K`` turns into
+    complete tables without attacking again.
     """
     run_dir = Path(run_dir)
     subset = load_subset(suite.dataset.name, suite.dataset.split, suite.dataset.n,
@@ -170,12 +173,12 @@ def run_suite(suite: Suite, run_dir: str | Path, *, data_dir: str | Path | None 
         clean_cells = [c for c in cells if c.attack is None]
         attack_cells = [c for c in cells if c.attack is not None]
         tasks = (t for c in clean_cells
-                 for t in _tasks(c, entries[c.model], suite, subset, batches, store, None))
+                 for t in _tasks([c], entries[c.model], suite, subset, batches, store, None))
         _drain(executor, bars.opening(tasks), store, bars, cells, subset, run_dir, suite)
         clean_pred = {c.model: _clean_predictions(store, c, subset) for c in clean_cells}
-        tasks = (t for c in attack_cells
-                 for t in _tasks(c, entries[c.model], suite, subset, batches, store,
-                                 clean_pred[c.model]))
+        tasks = (t for m in suite.models
+                 for t in _tasks([c for c in attack_cells if c.model == m], entries[m], suite,
+                                 subset, batches, store, clean_pred[m]))
         _drain(executor, bars.opening(tasks), store, bars, cells, subset, run_dir, suite)
         write_manifest(run_dir, manifest(suite, subset, entries, store.cell_seconds(), cells,
                                          executor))
@@ -184,24 +187,28 @@ def run_suite(suite: Suite, run_dir: str | Path, *, data_dir: str | Path | None 
     return run_dir
 
 
-def _tasks(cell: Cell, entry: ZooEntry, suite: Suite, subset: EvalSubset, batches: list[range],
-           store: ResultStore, clean_pred: torch.Tensor | None) -> Iterator[BatchTask]:
-    """The cell's batches that are not fully stored yet, as tasks (registers the cell)."""
-    store.ensure_cell(_cell_info(cell, subset))
-    done = store.done_indices(cell.key)
+def _tasks(cells: list[Cell], entry: ZooEntry, suite: Suite, subset: EvalSubset,
+           batches: list[range], store: ResultStore,
+           clean_pred: torch.Tensor | None) -> Iterator[BatchTask]:
+    """The batches of one model's ``cells`` not fully stored yet, batch-major (registers cells)."""
+    done: dict[str, set[int]] = {}
+    for cell in cells:
+        store.ensure_cell(_cell_info(cell, subset))
+        done[cell.key] = store.done_indices(cell.key)
     for b in batches:
         indices = tuple(int(subset.indices[i]) for i in b)
-        if set(indices) <= done:
-            continue
         idx = torch.tensor(list(b))
-        yield BatchTask(
-            cell_key=cell.key, label=cell.label, model=cell.model,
-            weights=tuple(_weights_fingerprint(entry)), attack=cell.attack,
-            x=subset.x[idx], y=subset.y[idx], indices=indices,
-            clean_pred=None if clean_pred is None else clean_pred[idx],
-            clean_seed=_batch_seed(suite.dataset.seed, b.start),
-            verify_draws=suite.run.verify_draws,
-            keep_adv=cell.attack is not None and b.start == 0 and suite.run.save_examples > 0)
+        for cell in cells:
+            if set(indices) <= done[cell.key]:
+                continue
+            yield BatchTask(
+                cell_key=cell.key, label=cell.label, model=cell.model,
+                weights=tuple(_weights_fingerprint(entry)), attack=cell.attack,
+                x=subset.x[idx], y=subset.y[idx], indices=indices,
+                clean_pred=None if clean_pred is None else clean_pred[idx],
+                clean_seed=_batch_seed(suite.dataset.seed, b.start),
+                verify_draws=suite.run.verify_draws,
+                keep_adv=cell.attack is not None and b.start == 0 and suite.run.save_examples > 0)
 
 
 def _drain(executor: Executor, tasks: Iterator[BatchTask], store: ResultStore, bars: _Bars,

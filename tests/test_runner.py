@@ -161,3 +161,32 @@ def test_missing_data_is_a_runtime_failure(tmp_zoo, tmp_path):
                           env={**os.environ, "RGBENCH_NO_DOWNLOAD": "1"})
     assert proc.returncode == 1, proc.stderr
     assert "cannot load mnist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_attack_cells_run_batch_major_so_a_stopped_run_leaves_a_complete_prefix(tmp_zoo, tmp_path):
+    s = load_suite(suite_file(tmp_path, n=8, bs=4, steps=2))
+    order: list[str] = []
+
+    class _Bar:
+        def __init__(self, label: str) -> None:
+            self.label = label
+
+        def advance(self, n: int) -> None:
+            order.append(self.label)
+
+        def close(self) -> None:
+            pass
+
+    run_suite(s, tmp_path / "run", progress=lambda label, total, done: _Bar(label))
+    cnn = "mnist/tiny-cnn · pgd (L∞ ε="
+    assert order[:4] == ["mnist/tiny-cnn · clean"] * 2 + ["mnist/tiny-noisy · clean"] * 2
+    # batch 0 under both budgets before batch 1 under either
+    assert order[4:8] == [cnn + "0.05)", cnn + "0.3)", cnn + "0.05)", cnn + "0.3)"]
+    # so stopping here would leave samples of batch 0 finished in every cell of the model:
+    # a --limit run over that prefix attacks nothing and reports on complete cells
+    first = read_results(tmp_path / "run")
+    prefix = load_suite(suite_file(tmp_path, n=8, bs=4, steps=2), limit=4)
+    t0 = time.perf_counter()
+    run_suite(prefix, tmp_path / "run")
+    assert time.perf_counter() - t0 < 5
+    pd.testing.assert_frame_equal(first, read_results(tmp_path / "run"))
