@@ -263,3 +263,31 @@ def test_leaderboard_of_a_limited_run_says_so(tmp_path: Path) -> None:
     man["command_line"] = {"set": [], "limit": 4}
     (run / "manifest.json").write_text(json.dumps(man))
     assert "**Prefix run:** `--limit 4`" in write_leaderboard(run, tmp_path / "lb")[0].read_text()
+
+
+def test_table_of_a_stopped_run_over_its_finished_prefix(tmp_path: Path) -> None:
+    from robustgen_bench.report.runs import finished_prefix, load_runs
+    from robustgen_bench.stats import SampleSetMismatch
+
+    order = [105, 101, 103, 100, 104, 102]  # the seeded subset's order, not sorted
+    run = write_run(tmp_path / "stopped", Run(
+        {"a": "A", "b": "B"}, {"a": [T, T, T, T, F, T], "b": [T, F, T, T, T, T]},
+        [Cell("a", "pgd", "linf", 0.3, [T, F, T, F, F, T]),
+         Cell("b", "pgd", "linf", 0.3, [T, F, F, F, T, T]),
+         # deepfool stopped after the first four samples of the subset (batch-major runner)
+         Cell("a", "deepfool", "linf", 0.3, [F, F, T, T], samples=order[:4]),
+         Cell("b", "deepfool", "linf", 0.3, [T, F, T, F], samples=order[:4])],
+        samples=order))
+    assert finished_prefix(load_runs([run])) == 4
+    with pytest.raises(SampleSetMismatch, match="with --limit 4"):
+        render_table([run], "md")
+    with pytest.raises(RunDirError, match="only the first 4 samples .*--limit ≤ 4"):
+        render_table([run], "md", limit=5)
+    rows = pd.read_csv(io.StringIO(render_table([run], "csv", limit=4)))
+    assert (rows.n == 4).all()
+    acc = rows.set_index(["row", "model"]).accuracy
+    # by hand on samples 105, 101, 103, 100: A clean TTTT, pgd TFTF, deepfool FFTT, all FFTF
+    assert acc[("Clean", "A")] == 1.0 and acc[("pgd", "A")] == 0.5
+    assert acc[("deepfool", "A")] == 0.5 and acc[("All L∞", "A")] == 0.25
+    # B: clean TFTT, pgd TFFF, deepfool TFTF, all TFFF
+    assert acc[("Clean", "B")] == 0.75 and acc[("All L∞", "B")] == 0.25

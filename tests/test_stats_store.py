@@ -81,7 +81,7 @@ def write_run(run_dir: Path, run: Run) -> Path:
                   "stats": run.stats or {"test": "mcnemar", "alpha": 0.01, "correction": "none"},
                   "report": {"formats": list(run.formats), "plots": run.plots}},
         "dataset": {"name": run.dataset, "split": "test", "n": n, "seed": 0,
-                    "indices_hash": indices_hash},
+                    "indices_hash": indices_hash, "indices": samples},
         "models": [{"id": m, "name": name} for m, name in run.models.items()],
         "cells": cell_meta,
     })

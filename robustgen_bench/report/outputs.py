@@ -17,7 +17,8 @@ from robustgen_bench.report.render import (
     render,
     to_rich,
 )
-from robustgen_bench.report.runs import RunSet, load_runs
+from robustgen_bench.report.runs import RunSet, finished_prefix, load_runs, restrict
+from robustgen_bench.stats import SampleSetMismatch
 from robustgen_bench.report.tables import accuracy_table, caption, distance_table, mcnemar_tables
 from robustgen_bench.stats import (
     THREAT_ORDER,
@@ -36,14 +37,24 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
 
 
-def render_table(run_dirs: Sequence[str | Path], fmt: str) -> str:
+def render_table(run_dirs: Sequence[str | Path], fmt: str, limit: int | None = None) -> str:
     """The accuracy table of one or several runs (same samples required) as ``fmt`` text.
 
     ``fmt``: md | tex | csv | html | term. Markdown and HTML carry the caption; LaTeX carries it as
     a comment line above the tabular (the fragment is meant for ``\\input`` inside a table float).
+    ``limit``: only the subset's first ``limit`` samples (each must be stored in every cell).
     """
     runs = load_runs(list(run_dirs))
-    table = accuracy_table(runs)
+    if limit is not None:
+        runs = restrict(runs, limit)
+    try:
+        table = accuracy_table(runs)
+    except SampleSetMismatch as e:
+        k = finished_prefix(runs) if runs.dataset.get("indices") else 0
+        if limit is None and k:
+            raise SampleSetMismatch(f"{e.detail}; or tabulate the first {k} samples, finished in "
+                                    f"every cell, with --limit {k}") from None
+        raise
     cap = caption(runs, table) if fmt in ("md", "html", "tex", "term") else None
     text = render(table, fmt, caption=None if fmt == "tex" else cap)
     if fmt == "tex" and cap:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -149,3 +149,43 @@ def incomplete_cells(runs: RunSet) -> list[str]:
                 missing.append(f"{c.get('model')} / {c.get('attack')} (ε={c.get('epsilon')}): "
                                f"{got} of {n} samples")
     return missing
+
+
+def _subset_indices(runs: RunSet) -> list[int]:
+    indices = runs.dataset.get("indices")
+    if not indices:
+        raise RunDirError("the run's manifest lists no sample indices; cannot take a prefix",
+                          file=runs.run_dirs[0])
+    return [int(i) for i in indices]
+
+
+def finished_prefix(runs: RunSet) -> int:
+    """The largest K such that the subset's first K samples are stored in every planned cell."""
+    indices = _subset_indices(runs)
+    keys = {c["key"] for man in runs.manifests for c in man.get("cells", []) if "key" in c}
+    stored = runs.results.groupby("cell_key").sample_index.agg(set).to_dict()
+    k = len(indices)
+    for key in keys:
+        have = stored.get(key, set())
+        j = 0
+        while j < k and indices[j] in have:
+            j += 1
+        k = j
+    return k
+
+
+def restrict(runs: RunSet, limit: int) -> RunSet:
+    """``runs`` on the first ``limit`` samples of the seeded subset only (what ``--limit`` ran).
+
+    Refused (naming the largest possible K) unless every planned cell holds all of them, so
+    every row of the table is computed on the same samples.
+    """
+    if limit < 1:
+        raise RunDirError(f"expected a positive number of samples, got {limit}", key="--limit")
+    k = finished_prefix(runs)
+    if limit > k:
+        raise RunDirError(f"only the first {k} samples are finished in every cell; "
+                          f"expected --limit ≤ {k}", key="--limit")
+    keep = set(_subset_indices(runs)[:limit])
+    results = runs.results[runs.results.sample_index.isin(keep)].reset_index(drop=True)
+    return replace(runs, results=results, dataset={**runs.dataset, "n": limit})
