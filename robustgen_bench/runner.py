@@ -173,12 +173,12 @@ def run_suite(suite: Suite, run_dir: str | Path, *, data_dir: str | Path | None 
         clean_cells = [c for c in cells if c.attack is None]
         attack_cells = [c for c in cells if c.attack is not None]
         tasks = (t for c in clean_cells
-                 for t in _tasks([c], entries[c.model], suite, subset, batches, store, None))
+                 for t in _tasks([c], entries[c.model], suite, subset, batches, store, None, bars))
         _drain(executor, bars.opening(tasks), store, bars, cells, subset, run_dir, suite)
         clean_pred = {c.model: _clean_predictions(store, c, subset) for c in clean_cells}
         tasks = (t for m in suite.models
                  for t in _tasks([c for c in attack_cells if c.model == m], entries[m], suite,
-                                 subset, batches, store, clean_pred[m]))
+                                 subset, batches, store, clean_pred[m], bars))
         _drain(executor, bars.opening(tasks), store, bars, cells, subset, run_dir, suite)
         write_manifest(run_dir, manifest(suite, subset, entries, store.cell_seconds(), cells,
                                          executor))
@@ -188,13 +188,15 @@ def run_suite(suite: Suite, run_dir: str | Path, *, data_dir: str | Path | None 
 
 
 def _tasks(cells: list[Cell], entry: ZooEntry, suite: Suite, subset: EvalSubset,
-           batches: list[range], store: ResultStore,
-           clean_pred: torch.Tensor | None) -> Iterator[BatchTask]:
+           batches: list[range], store: ResultStore, clean_pred: torch.Tensor | None,
+           bars: _Bars) -> Iterator[BatchTask]:
     """The batches of one model's ``cells`` not fully stored yet, batch-major (registers cells)."""
     done: dict[str, set[int]] = {}
     for cell in cells:
         store.ensure_cell(_cell_info(cell, subset))
         done[cell.key] = store.done_indices(cell.key)
+        bars.expect(cell.key, sum(len(b) for b in batches
+                                  if not {int(subset.indices[i]) for i in b} <= done[cell.key]))
     for b in batches:
         indices = tuple(int(subset.indices[i]) for i in b)
         idx = torch.tensor(list(b))
@@ -220,10 +222,11 @@ def _drain(executor: Executor, tasks: Iterator[BatchTask], store: ResultStore, b
             t = r.task
             cell = cells[t.cell_key]
             _check_rows(r.rows, list(t.indices), cell)
-            store.add_results(_cell_info(cell, subset), r.rows, r.seconds)
+            added = store.add_results(_cell_info(cell, subset), r.rows, r.seconds)
             if r.x_adv is not None:
                 _save_examples(run_dir, cell, t.x, t.y, r.x_adv, r.rows, suite.run.save_examples)
-            bars.advance(t.cell_key, len(t.indices))
+            # Count stored samples, not batch sizes: a resumed batch may repeat some.
+            bars.advance(t.cell_key, added, finished=len(t.indices))
     finally:
         bars.close_all()
 
@@ -235,20 +238,29 @@ class _Bars:
     def __init__(self, factory: ProgressFactory | None, store: ResultStore, total: int) -> None:
         self._factory = factory or (lambda label, total, done: _NullProgress())
         self._store, self._total = store, total
-        self._open: dict[str, tuple[Any, int]] = {}
+        self._pending: dict[str, int] = {}
+        self._open: dict[str, tuple[Any, int]] = {}  # cell key -> (bar, samples still to finish)
+
+    def expect(self, key: str, samples: int) -> None:
+        """The cell's pending batches hold ``samples`` samples (its bar closes after them)."""
+        self._pending[key] = samples
 
     def opening(self, tasks: Iterator[BatchTask]) -> Iterator[BatchTask]:
+        """Pass ``tasks`` through, opening a cell's bar at its first task."""
         for t in tasks:
             if t.cell_key not in self._open:
                 done = len(self._store.done_indices(t.cell_key))
-                self._open[t.cell_key] = (self._factory(t.label, self._total, done), done)
+                self._open[t.cell_key] = (self._factory(t.label, self._total, done),
+                                          self._pending.pop(t.cell_key))
             yield t
 
-    def advance(self, key: str, n: int) -> None:
-        bar, done = self._open[key]
-        bar.advance(n)
-        self._open[key] = (bar, done + n)
-        if done + n >= self._total:
+    def advance(self, key: str, added: int, finished: int) -> None:
+        """``added`` new samples stored; ``finished`` samples of the cell's batches are done."""
+        bar, left = self._open[key]
+        bar.advance(added)
+        left -= finished
+        self._open[key] = (bar, left)
+        if left <= 0:
             bar.close()
             del self._open[key]
 

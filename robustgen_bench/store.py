@@ -127,8 +127,12 @@ class ResultStore:
         cur = self.conn.execute("SELECT sample_index FROM results WHERE cell_key = ?", (cell_key,))
         return {int(r[0]) for r in cur}
 
-    def add_results(self, cell: CellInfo, rows: Sequence[ResultRow], seconds: float = 0.0) -> None:
-        """Insert one batch atomically; a sample already stored is never duplicated."""
+    def add_results(self, cell: CellInfo, rows: Sequence[ResultRow], seconds: float = 0.0) -> int:
+        """Insert one batch atomically; a sample already stored is never duplicated.
+
+        Returns how many rows were new (a resumed batch may hold samples stored before).
+        """
+        before = self.conn.total_changes
         with self.conn:
             self.conn.executemany(
                 "INSERT OR IGNORE INTO results (cell_key, model, attack, threat, epsilon, sample_index,"
@@ -139,8 +143,10 @@ class ResultStore:
                   int(bool(r.adv_correct)), None if r.distance is None else float(r.distance),
                   r.violation, json.dumps(list(map(int, r.draws)))) for r in rows],
             )
+            added = self.conn.total_changes - before
             self.conn.execute("UPDATE cells SET seconds = seconds + ? WHERE cell_key = ?",
                               (float(seconds), cell.cell_key))
+        return added
 
     def cell_seconds(self) -> dict[str, float]:
         return {k: float(s) for k, s in self.conn.execute("SELECT cell_key, seconds FROM cells")}

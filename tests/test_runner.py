@@ -190,3 +190,27 @@ def test_attack_cells_run_batch_major_so_a_stopped_run_leaves_a_complete_prefix(
     run_suite(prefix, tmp_path / "run")
     assert time.perf_counter() - t0 < 5
     pd.testing.assert_frame_equal(first, read_results(tmp_path / "run"))
+
+
+def test_progress_counts_stored_samples_once_per_cell_after_a_partial_batch(tmp_zoo, tmp_path):
+    # A --limit 3 run stores 3 samples of batch 0 (size 4); the full run redoes that batch.
+    run_suite(load_suite(suite_file(tmp_path, n=8, bs=4, steps=2), limit=3), tmp_path / "run")
+    bars: list[dict] = []
+
+    class _Bar:
+        def __init__(self, label: str, total: int, done: int) -> None:
+            self.state = {"label": label, "total": total, "count": done, "closed": 0}
+            bars.append(self.state)
+
+        def advance(self, n: int) -> None:
+            self.state["count"] += n
+
+        def close(self) -> None:
+            self.state["closed"] += 1
+
+    run_suite(load_suite(suite_file(tmp_path, n=8, bs=4, steps=2)), tmp_path / "run",
+              progress=lambda label, total, done: _Bar(label, total, done))
+    assert len(bars) == 2 * 3 and len({b["label"] for b in bars}) == 6  # one bar per cell
+    assert all(b["count"] == b["total"] == 8 and b["closed"] == 1 for b in bars), bars
+    df = read_results(tmp_path / "run")
+    assert len(df) == 6 * 8 and not df.duplicated(["cell_key", "sample_index"]).any()
