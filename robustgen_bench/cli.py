@@ -65,6 +65,22 @@ def _report(run_dir: Path) -> None:
 
 
 @app.command()
+def status(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (may still be running).")],
+) -> None:
+    """How far RUN_DIR has got: stored samples and compute per cell, what can be tabulated now."""
+    from robustgen_bench.report.runs import RunDirError
+    from robustgen_bench.report.status import run_status, status_lines, status_table
+
+    if not run_dir.is_dir():
+        raise RunDirError("run directory not found", file=run_dir)
+    st = run_status(run_dir)
+    console.print(status_table(st, title=f"{run_dir}"))
+    for line in status_lines(st, run_dir):
+        console.print(line, highlight=False)
+
+
+@app.command()
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A run directory (holds results.sqlite).")],
     format: Annotated[str, typer.Option("--format", help="Only csv.")] = "csv",

@@ -178,6 +178,18 @@ def read_results(run_dir: str | Path, cell_keys: Iterable[str] | None = None) ->
     return df.reset_index(drop=True)
 
 
+def read_cell_seconds(run_dir: str | Path) -> dict[str, float]:
+    """Compute seconds stored per cell key (read-only: safe while a run is writing)."""
+    path = Path(run_dir) / DB_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no results store at {path}")
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return {k: float(s) for k, s in conn.execute("SELECT cell_key, seconds FROM cells")}
+    finally:
+        conn.close()
+
+
 def write_manifest(run_dir: str | Path, manifest: dict[str, Any]) -> Path:
     p = Path(run_dir) / MANIFEST_NAME
     p.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))

@@ -265,12 +265,13 @@ def test_leaderboard_of_a_limited_run_says_so(tmp_path: Path) -> None:
     assert "**Prefix run:** `--limit 4`" in write_leaderboard(run, tmp_path / "lb")[0].read_text()
 
 
-def test_table_of_a_stopped_run_over_its_finished_prefix(tmp_path: Path) -> None:
-    from robustgen_bench.report.runs import finished_prefix, load_runs
-    from robustgen_bench.stats import SampleSetMismatch
+ORDER = [105, 101, 103, 100, 104, 102]  # a seeded subset's order, not sorted
 
-    order = [105, 101, 103, 100, 104, 102]  # the seeded subset's order, not sorted
-    run = write_run(tmp_path / "stopped", Run(
+
+def stopped_run(tmp_path: Path) -> Path:
+    """Two models; pgd finished on all six samples, deepfool stopped after the subset's first four."""
+    order = ORDER
+    return write_run(tmp_path / "stopped", Run(
         {"a": "A", "b": "B"}, {"a": [T, T, T, T, F, T], "b": [T, F, T, T, T, T]},
         [Cell("a", "pgd", "linf", 0.3, [T, F, T, F, F, T]),
          Cell("b", "pgd", "linf", 0.3, [T, F, F, F, T, T]),
@@ -278,6 +279,13 @@ def test_table_of_a_stopped_run_over_its_finished_prefix(tmp_path: Path) -> None
          Cell("a", "deepfool", "linf", 0.3, [F, F, T, T], samples=order[:4]),
          Cell("b", "deepfool", "linf", 0.3, [T, F, T, F], samples=order[:4])],
         samples=order))
+
+
+def test_table_of_a_stopped_run_over_its_finished_prefix(tmp_path: Path) -> None:
+    from robustgen_bench.report.runs import finished_prefix, load_runs
+    from robustgen_bench.stats import SampleSetMismatch
+
+    run = stopped_run(tmp_path)
     assert finished_prefix(load_runs([run])) == 4
     with pytest.raises(SampleSetMismatch, match="with --limit 4"):
         render_table([run], "md")
@@ -291,3 +299,30 @@ def test_table_of_a_stopped_run_over_its_finished_prefix(tmp_path: Path) -> None
     assert acc[("deepfool", "A")] == 0.5 and acc[("All L∞", "A")] == 0.25
     # B: clean TFTT, pgd TFFF, deepfool TFTF, all TFFF
     assert acc[("Clean", "B")] == 0.75 and acc[("All L∞", "B")] == 0.25
+
+
+def test_status_of_a_stopped_run(tmp_path: Path) -> None:
+    import sqlite3
+
+    from robustgen_bench.report.status import run_status, status_lines
+
+    run = stopped_run(tmp_path)
+    con = sqlite3.connect(run / "results.sqlite")
+    with con:  # 2 s per stored sample in every cell
+        con.execute("UPDATE cells SET seconds = 2.0 * (SELECT COUNT(*) FROM results r "
+                    "WHERE r.cell_key = cells.cell_key)")
+    con.close()
+    st = run_status(run)
+    assert st.n == 6 and st.prefix == 4 and len(st.cells) == 2 * 3
+    df = st.cells.set_index(["model", "attack"])
+    assert df.loc[("a", "deepfool"), "done"] == 4 and df.loc[("b", "pgd"), "done"] == 6
+    assert st.seconds == 2.0 * (6 * 4 + 4 * 2)
+    assert st.remaining_seconds == 2.0 * 2 * 2  # two deepfool cells, two samples each
+    lines = "\n".join(status_lines(st, run))
+    assert f"first 4 of 6 samples → rgbench table {run.as_posix()} --limit 4" in lines
+    assert "remaining: ≈ 8 s of compute" in lines and "compute so far: 1 min" in lines
+
+    from robustgen_bench.cli import main
+
+    assert main(["status", str(run)]) == 0
+    assert main(["status", str(tmp_path / "missing")]) == 2

@@ -1,0 +1,91 @@
+"""How far a run has got: stored samples and compute time per cell, the finished prefix, an estimate.
+
+Reads the store and the manifest only (read-only, so it is safe while ``rgbench run`` writes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from rich.table import Table
+
+from robustgen_bench.report.runs import finished_prefix, load_runs
+from robustgen_bench.store import read_cell_seconds
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """``cells``: one row per planned cell (model, attack, epsilon, done, n, seconds).
+
+    ``prefix``: the first ``prefix`` samples of the subset are stored in every cell;
+    ``remaining_seconds``: each started cell's seconds per sample times its missing samples
+    (None while some cell has no sample yet, since there is nothing to extrapolate from).
+    """
+
+    cells: pd.DataFrame
+    n: int
+    prefix: int
+    remaining_seconds: float | None
+
+    @property
+    def seconds(self) -> float:
+        return float(self.cells.seconds.sum())
+
+
+def run_status(run_dir: str | Path) -> RunStatus:
+    runs = load_runs([run_dir])
+    man = runs.manifests[0]
+    n = int((man.get("dataset") or {}).get("n", 0))
+    counts = runs.results.groupby("cell_key").size().to_dict()
+    secs = read_cell_seconds(run_dir)
+    rows = [{"model": c.get("model"), "attack": c.get("attack"), "epsilon": float(c.get("epsilon", 0.0)),
+             "done": int(counts.get(c.get("key"), 0)), "n": n, "seconds": secs.get(c.get("key"), 0.0)}
+            for c in man.get("cells", [])]
+    cells = pd.DataFrame(rows, columns=["model", "attack", "epsilon", "done", "n", "seconds"])
+    started = cells.done > 0
+    remaining = None
+    if started.all():
+        remaining = float((cells.seconds / cells.done * (cells.n - cells.done).clip(lower=0)).sum())
+    prefix = finished_prefix(runs) if runs.dataset.get("indices") else 0
+    return RunStatus(cells=cells, n=n, prefix=prefix, remaining_seconds=remaining)
+
+
+def _hours(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+
+
+def status_table(st: RunStatus, title: str = "") -> Table:
+    """A rich table: one row per cell with stored/n, compute time and seconds per sample."""
+    t = Table(title=title or None)
+    for col, just in (("model", "left"), ("attack", "left"), ("ε", "right"), ("stored", "right"),
+                      ("compute", "right"), ("s/sample", "right")):
+        t.add_column(col, justify=just)  # type: ignore[arg-type]
+    for r in st.cells.itertuples():
+        mark = "" if r.done >= r.n else " …"
+        t.add_row(str(r.model), str(r.attack), f"{r.epsilon:g}", f"{r.done}/{r.n}{mark}",
+                  _hours(r.seconds), f"{r.seconds / r.done:.1f}" if r.done else "–")
+    return t
+
+
+def status_lines(st: RunStatus, run_dir: str | Path) -> list[str]:
+    """The summary under the table: what can be tabulated now, and what is left."""
+    out = [f"compute so far: {_hours(st.seconds)} (sum over cells; one process's wall time each)"]
+    if st.prefix >= st.n:
+        out.append(f"complete: all {st.n} samples in every cell")
+    elif st.prefix:
+        out.append(f"finished in every cell: the first {st.prefix} of {st.n} samples → "
+                   f"rgbench table {Path(run_dir).as_posix()} --limit {st.prefix}")
+    else:
+        out.append("no sample is finished in every cell yet")
+    if st.prefix < st.n:
+        out.append("remaining: " + (f"≈ {_hours(st.remaining_seconds)} of compute at each cell's rate so far"
+                                    if st.remaining_seconds is not None
+                                    else "unknown until every cell has started"))
+    return out
+
+
+__all__ = ["RunStatus", "run_status", "status_lines", "status_table"]
