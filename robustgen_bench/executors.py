@@ -37,14 +37,14 @@ class BatchTask:
 
     ``x`` (B, C, H, W) in [0, 1], ``y`` (B,) labels, ``indices`` the B dataset indices,
     ``clean_pred`` (B,) the stored clean predictions (None for the clean cell itself).
-    ``weights`` are the entry's sha256s as the driver saw them: a worker whose zoo differs
-    refuses the task instead of silently evaluating other weights.
+    ``entry_fingerprint`` is the zoo entry as the driver saw it (:meth:`ZooEntry.fingerprint`):
+    a worker whose zoo differs refuses the task instead of silently evaluating another model.
     """
 
     cell_key: str
     label: str
     model: str
-    weights: tuple[str, ...]
+    entry_fingerprint: str
     attack: AttackSpec | None
     x: torch.Tensor
     y: torch.Tensor
@@ -67,23 +67,23 @@ class BatchResult:
 
 # One defense per worker process, rebuilt only when the model changes (tasks arrive grouped by
 # model); ABS-family defenses cache decoded candidates, so rebuilding per batch would be costly.
-_CACHE: dict[str, tuple[tuple[str, ...], Any, Any]] = {}
+_CACHE: dict[str, tuple[str, Any, Any]] = {}
 
 
-def _defense(model: str, weights: tuple[str, ...]) -> tuple[Any, Any]:
+def _defense(model: str, fingerprint: str) -> tuple[Any, Any]:
     from robustgen_bench.zoo import build_defense, get_entry
 
     hit = _CACHE.get(model)
-    if hit is not None and hit[0] == weights:
+    if hit is not None and hit[0] == fingerprint:
         return hit[1], hit[2]
     entry = get_entry(model)
-    found = tuple(w.sha256 for w in entry.weights)
-    if found != weights:
-        raise RuntimeFailure(f"{model}: this worker's zoo entry has weights {found}, the run "
-                             f"planned {weights}; every node needs the same model_zoo/")
+    if entry.fingerprint() != fingerprint:
+        raise RuntimeFailure(f"{model}: this worker's zoo entry ({entry.entry_file}) differs from "
+                             "the one the run was planned with (weights, config or adaptive "
+                             "hook); every node needs the same model_zoo/")
     defense = build_defense(entry)
     _CACHE.clear()
-    _CACHE[model] = (weights, defense, entry.adaptive)
+    _CACHE[model] = (fingerprint, defense, entry.adaptive)
     return defense, entry.adaptive
 
 
@@ -91,7 +91,7 @@ def run_task(task: BatchTask) -> BatchResult:
     """Run one batch: clean predictions, or one attack with its invariants; returns the rows."""
     from robustgen_bench.attacks import make_attack
 
-    defense, adaptive = _defense(task.model, task.weights)
+    defense, adaptive = _defense(task.model, task.entry_fingerprint)
     t0 = time.perf_counter()
     if task.attack is None:
         with torch.random.fork_rng(devices=[]):

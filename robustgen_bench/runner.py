@@ -191,6 +191,7 @@ def _tasks(cells: list[Cell], entry: ZooEntry, suite: Suite, subset: EvalSubset,
            batches: list[range], store: ResultStore, clean_pred: torch.Tensor | None,
            bars: _Bars) -> Iterator[BatchTask]:
     """The batches of one model's ``cells`` not fully stored yet, batch-major (registers cells)."""
+    fingerprint = entry.fingerprint()
     done: dict[str, set[int]] = {}
     for cell in cells:
         store.ensure_cell(_cell_info(cell, subset))
@@ -205,7 +206,7 @@ def _tasks(cells: list[Cell], entry: ZooEntry, suite: Suite, subset: EvalSubset,
                 continue
             yield BatchTask(
                 cell_key=cell.key, label=cell.label, model=cell.model,
-                weights=tuple(_weights_fingerprint(entry)), attack=cell.attack,
+                entry_fingerprint=fingerprint, attack=cell.attack,
                 x=subset.x[idx], y=subset.y[idx], indices=indices,
                 clean_pred=None if clean_pred is None else clean_pred[idx],
                 clean_seed=_batch_seed(suite.dataset.seed, b.start),

@@ -79,6 +79,20 @@ class ZooEntry:
     def entry_file(self) -> Path:
         return self.path / "entry.yaml"
 
+    def fingerprint(self) -> str:
+        """sha256 of what decides the defense's outputs: builder, config, weights, adaptive hook.
+
+        Two processes (e.g. Ray workers on other machines) that agree on it build the same defense.
+        """
+        import hashlib
+        import json
+
+        canon = {"id": self.id, "family": self.family, "builder": self.builder, "base": self.base,
+                 "config": dict(self.config), "weights": [w.sha256 for w in self.weights],
+                 "adaptive": {"gradient": self.adaptive.gradient.value, "eot": self.adaptive.eot,
+                              "randomized": self.adaptive.randomized}}
+        return hashlib.sha256(json.dumps(canon, sort_keys=True, default=str).encode()).hexdigest()
+
     def weight_path(self, w: WeightsFile) -> Path:
         """Where ``w`` lives locally: beside the entry, or in the weights cache."""
         if w.url is None:

@@ -30,29 +30,33 @@ attacks:
 """
 
 
-def _clean_task(x: torch.Tensor, y: torch.Tensor, weights: tuple[str, ...],
+def _clean_task(x: torch.Tensor, y: torch.Tensor, fingerprint: str,
                 model: str = "mnist/tiny-noisy") -> BatchTask:
-    return BatchTask(cell_key="k", label="l", model=model, weights=weights, attack=None,
+    return BatchTask(cell_key="k", label="l", model=model, entry_fingerprint=fingerprint, attack=None,
                      x=x, y=y, indices=tuple(range(len(y))), clean_pred=None, clean_seed=7,
                      verify_draws=5, keep_adv=False)
 
 
 def test_run_task_is_a_function_of_the_task(tmp_zoo, mnist_test_small):
     x, y = mnist_test_small[0][:6], mnist_test_small[1][:6]
-    weights = tuple(w.sha256 for w in get_entry("mnist/tiny-noisy").weights)
-    a = run_task(_clean_task(x, y, weights))
+    fp = get_entry("mnist/tiny-noisy").fingerprint()
+    a = run_task(_clean_task(x, y, fp))
     torch.manual_seed(12345)  # the global RNG state of the process must not matter
     torch.rand(3)
-    b = run_task(_clean_task(x, y, weights))
+    b = run_task(_clean_task(x, y, fp))
     assert [r.draws for r in a.rows] == [r.draws for r in b.rows]
     assert len(a.rows[0].draws) == 5 and [r.sample_index for r in a.rows] == list(range(6))
     assert all(r.adv_correct == (r.adv_pred == r.label) for r in a.rows)
 
 
-def test_worker_refuses_weights_the_driver_did_not_plan(tmp_zoo, mnist_test_small):
+def test_worker_refuses_an_entry_the_driver_did_not_plan(tmp_zoo, mnist_test_small):
     x, y = mnist_test_small[0][:2], mnist_test_small[1][:2]
-    with pytest.raises(RuntimeFailure, match="same model_zoo"):
-        list(LocalExecutor().map([_clean_task(x, y, ("0" * 64,), model="mnist/tiny-cnn")]))
+    planned = get_entry("mnist/tiny-cnn").fingerprint()
+    # the same weights with another config on the worker's "node": refused, not evaluated
+    f = tmp_zoo / "mnist/tiny-cnn/entry.yaml"
+    f.write_text(f.read_text().replace("noise: 0.0", "noise: 0.3"))
+    with pytest.raises(RuntimeFailure, match="differs from the one the run was planned"):
+        list(LocalExecutor().map([_clean_task(x, y, planned, model="mnist/tiny-cnn")]))
 
 
 def test_unknown_executor_is_bad_input():
@@ -101,8 +105,8 @@ def test_ray_run_equals_local_run_and_keeps_error_types(tmp_zoo, tmp_path, mnist
         assert read_manifest(tmp_path / "ray")["executor"].startswith("RayExecutor(")
 
         x, y = mnist_test_small[0][:2], mnist_test_small[1][:2]
-        with pytest.raises(RuntimeFailure, match="same model_zoo"):
-            list(ex.map([_clean_task(x, y, ("0" * 64,), model="mnist/tiny-cnn")]))
+        with pytest.raises(RuntimeFailure, match="same model_zoo/"):
+            list(ex.map([_clean_task(x, y, "0" * 64, model="mnist/tiny-cnn")]))
     finally:
         ex.close()
 
