@@ -326,3 +326,24 @@ def test_status_of_a_stopped_run(tmp_path: Path) -> None:
 
     assert main(["status", str(run)]) == 0
     assert main(["status", str(tmp_path / "missing")]) == 2
+
+
+def test_reports_of_a_limit_run_use_its_samples_even_if_the_store_holds_more(tmp_path: Path) -> None:
+    from robustgen_bench.report.leaderboard import main
+    from robustgen_bench.store import read_manifest, write_manifest
+
+    run = stopped_run(tmp_path)
+    # a full run was stopped; `rgbench run … --limit 4` then rewrote the manifest for 4 samples
+    man = read_manifest(run)
+    man["dataset"] = {**man["dataset"], "n": 4, "indices": ORDER[:4]}
+    man["command_line"] = {"set": [], "limit": 4}
+    write_manifest(run, man)
+    rows = pd.read_csv(io.StringIO(render_table([run], "csv")))
+    assert (rows.n == 4).all()
+    assert main([str(run), "--out", str(tmp_path / "lb")]) == 0
+    assert "**Prefix run:** `--limit 4`" in (tmp_path / "lb" / "stopped.md").read_text()
+    # without the limit the leaderboard refuses (different samples), with a message, exit 2
+    man["dataset"] = {**man["dataset"], "n": 6, "indices": ORDER}
+    man["command_line"] = {"set": [], "limit": None}
+    write_manifest(run, man)
+    assert main([str(run), "--out", str(tmp_path / "lb2"), "--allow-incomplete"]) == 2

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from robustgen_bench.errors import UserInputError
 from robustgen_bench.report.outputs import curve_plots
 from robustgen_bench.report.render import distance_display, distances_latex, distances_markdown
 from robustgen_bench.report.render import to_latex, to_markdown
@@ -172,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for d in args.run_dirs:
             for p in write_leaderboard(d, args.out, allow_incomplete=args.allow_incomplete):
                 print(f"wrote {p}")
-    except RunDirError as e:
+    except UserInputError as e:  # a broken or incomplete run, runs on different samples, ...
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -46,6 +46,11 @@ def _load_one(run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     # Only the cells of the suite as last run: a changed config leaves old cells in the store.
     keys = [c["key"] for c in manifest.get("cells", []) if "key" in c] or None
     df = read_results(run_dir, cell_keys=keys)
+    # Only the samples of the suite as last run: after `rgbench run … --limit K` the store may
+    # hold more samples of the same cells (cell keys do not depend on n), from a longer run.
+    indices = (manifest.get("dataset") or {}).get("indices")
+    if indices:
+        df = df[df.sample_index.isin({int(i) for i in indices})].reset_index(drop=True)
     return df, manifest
 
 
