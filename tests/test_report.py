@@ -342,6 +342,11 @@ def test_reports_of_a_limit_run_use_its_samples_even_if_the_store_holds_more(tmp
     assert (rows.n == 4).all()
     assert main([str(run), "--out", str(tmp_path / "lb")]) == 0
     assert "**Prefix run:** `--limit 4`" in (tmp_path / "lb" / "stopped.md").read_text()
+    from robustgen_bench.report.status import run_status, status_lines
+
+    st = run_status(run)  # counts what is stored (6 samples of pgd), says the run was limited
+    assert st.n == 4 and st.cells.set_index(["model", "attack"]).loc[("a", "pgd"), "done"] == 6
+    assert any("--limit 4" in line for line in status_lines(st, run))
     # without the limit the leaderboard refuses (different samples), with a message, exit 2
     man["dataset"] = {**man["dataset"], "n": 6, "indices": ORDER}
     man["command_line"] = {"set": [], "limit": None}

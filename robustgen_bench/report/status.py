@@ -12,7 +12,7 @@ import pandas as pd
 from rich.table import Table
 
 from robustgen_bench.report.runs import finished_prefix, load_runs
-from robustgen_bench.store import read_cell_seconds
+from robustgen_bench.store import read_cell_seconds, read_results
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class RunStatus:
     n: int
     prefix: int
     remaining_seconds: float | None
+    limit: int | None = None  # the run was last invoked with --limit (n is that limit)
 
     @property
     def seconds(self) -> float:
@@ -38,18 +39,21 @@ def run_status(run_dir: str | Path) -> RunStatus:
     runs = load_runs([run_dir])
     man = runs.manifests[0]
     n = int((man.get("dataset") or {}).get("n", 0))
-    counts = runs.results.groupby("cell_key").size().to_dict()
+    # Every stored sample, also beyond a `--limit` run's prefix, so that s/sample is right.
+    keys = [c.get("key") for c in man.get("cells", [])]
+    counts = read_results(run_dir, cell_keys=keys).groupby("cell_key").size().to_dict()
     secs = read_cell_seconds(run_dir)
     rows = [{"model": c.get("model"), "attack": c.get("attack"), "epsilon": float(c.get("epsilon", 0.0)),
              "done": int(counts.get(c.get("key"), 0)), "n": n, "seconds": secs.get(c.get("key"), 0.0)}
             for c in man.get("cells", [])]
     cells = pd.DataFrame(rows, columns=["model", "attack", "epsilon", "done", "n", "seconds"])
+    limit = (man.get("command_line") or {}).get("limit")
     started = cells.done > 0
     remaining = None
     if started.all():
         remaining = float((cells.seconds / cells.done * (cells.n - cells.done).clip(lower=0)).sum())
     prefix = finished_prefix(runs) if runs.dataset.get("indices") else 0
-    return RunStatus(cells=cells, n=n, prefix=prefix, remaining_seconds=remaining)
+    return RunStatus(cells=cells, n=n, prefix=prefix, remaining_seconds=remaining, limit=limit)
 
 
 def _hours(seconds: float) -> str:
@@ -74,6 +78,9 @@ def status_table(st: RunStatus, title: str = "") -> Table:
 def status_lines(st: RunStatus, run_dir: str | Path) -> list[str]:
     """The summary under the table: what can be tabulated now, and what is left."""
     out = [f"compute so far: {_hours(st.seconds)} (sum over cells; one process's wall time each)"]
+    if st.limit is not None:
+        out.append(f"the run was last invoked with --limit {st.limit}; cells may hold more samples "
+                   "of a longer run (the suite without --limit resumes it)")
     if st.prefix >= st.n:
         out.append(f"complete: all {st.n} samples in every cell")
     elif st.prefix:
