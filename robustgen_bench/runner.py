@@ -192,14 +192,14 @@ def _tasks(cells: list[Cell], entry: ZooEntry, suite: Suite, subset: EvalSubset,
            bars: _Bars) -> Iterator[BatchTask]:
     """The batches of one model's ``cells`` not fully stored yet, batch-major (registers cells)."""
     fingerprint = entry.fingerprint()
+    batch_indices = [tuple(int(subset.indices[i]) for i in b) for b in batches]
     done: dict[str, set[int]] = {}
     for cell in cells:
         store.ensure_cell(_cell_info(cell, subset))
         done[cell.key] = store.done_indices(cell.key)
-        bars.expect(cell.key, sum(len(b) for b in batches
-                                  if not {int(subset.indices[i]) for i in b} <= done[cell.key]))
-    for b in batches:
-        indices = tuple(int(subset.indices[i]) for i in b)
+        bars.expect(cell.key, sum(len(ix) for ix in batch_indices
+                                  if not set(ix) <= done[cell.key]))
+    for b, indices in zip(batches, batch_indices):
         idx = torch.tensor(list(b))
         for cell in cells:
             if set(indices) <= done[cell.key]:
