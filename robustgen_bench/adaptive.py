@@ -35,6 +35,10 @@ class AdaptiveSpec:
     randomized: bool
     eot: int = 1
 
+    def canonical(self) -> dict[str, str | bool | int]:
+        """Plain-data form for hashing and manifests (cell keys, entry fingerprints)."""
+        return {"gradient": self.gradient.value, "eot": self.eot, "randomized": self.randomized}
+
 
 class Surrogate(nn.Module):
     """EOT-averaged differentiable view of a defense: (N, C, H, W) -> logits (N, K).

@@ -89,8 +89,7 @@ class ZooEntry:
 
         canon = {"id": self.id, "family": self.family, "builder": self.builder, "base": self.base,
                  "config": dict(self.config), "weights": [w.sha256 for w in self.weights],
-                 "adaptive": {"gradient": self.adaptive.gradient.value, "eot": self.adaptive.eot,
-                              "randomized": self.adaptive.randomized}}
+                 "adaptive": self.adaptive.canonical()}
         return hashlib.sha256(json.dumps(canon, sort_keys=True, default=str).encode()).hexdigest()
 
     def weight_path(self, w: WeightsFile) -> Path:
