@@ -178,14 +178,17 @@ def read_results(run_dir: str | Path, cell_keys: Iterable[str] | None = None) ->
     return df.reset_index(drop=True)
 
 
-def read_cell_seconds(run_dir: str | Path) -> dict[str, float]:
-    """Compute seconds stored per cell key (read-only: safe while a run is writing)."""
+def read_cell_progress(run_dir: str | Path) -> dict[str, tuple[int, float]]:
+    """Per cell key: (stored samples, compute seconds). Read-only: safe while a run is writing."""
     path = Path(run_dir) / DB_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no results store at {path}")
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        return {k: float(s) for k, s in conn.execute("SELECT cell_key, seconds FROM cells")}
+        # Counted in SQL so that a status check does not load every result row.
+        cur = conn.execute("SELECT c.cell_key, COUNT(r.sample_index), c.seconds FROM cells c"
+                           " LEFT JOIN results r USING (cell_key) GROUP BY c.cell_key")
+        return {k: (int(n), float(s)) for k, n, s in cur}
     finally:
         conn.close()
 

@@ -12,7 +12,7 @@ import pandas as pd
 from rich.table import Table
 
 from robustgen_bench.report.runs import finished_prefix, load_runs
-from robustgen_bench.store import read_cell_seconds, read_results
+from robustgen_bench.store import read_cell_progress
 
 
 @dataclass(frozen=True)
@@ -40,12 +40,12 @@ def run_status(run_dir: str | Path) -> RunStatus:
     man = runs.manifests[0]
     n = int((man.get("dataset") or {}).get("n", 0))
     # Every stored sample, also beyond a `--limit` run's prefix, so that s/sample is right.
-    keys = [c.get("key") for c in man.get("cells", [])]
-    counts = read_results(run_dir, cell_keys=keys).groupby("cell_key").size().to_dict()
-    secs = read_cell_seconds(run_dir)
-    rows = [{"model": c.get("model"), "attack": c.get("attack"), "epsilon": float(c.get("epsilon", 0.0)),
-             "done": int(counts.get(c.get("key"), 0)), "n": n, "seconds": secs.get(c.get("key"), 0.0)}
-            for c in man.get("cells", [])]
+    progress = read_cell_progress(run_dir)
+    rows = []
+    for c in man.get("cells", []):
+        done, seconds = progress.get(c.get("key"), (0, 0.0))
+        rows.append({"model": c.get("model"), "attack": c.get("attack"),
+                     "epsilon": float(c.get("epsilon", 0.0)), "done": done, "n": n, "seconds": seconds})
     cells = pd.DataFrame(rows, columns=["model", "attack", "epsilon", "done", "n", "seconds"])
     limit = (man.get("command_line") or {}).get("limit")
     started = cells.done > 0
