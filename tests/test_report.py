@@ -22,6 +22,7 @@ from robustgen_bench.errors import UserInputError
 from robustgen_bench.report import render_table, summary_table, write_reports
 from robustgen_bench.report.cli_table import table_command
 from robustgen_bench.report.runs import RunDirError
+from robustgen_bench.report.status import run_status, status_lines
 
 GOLDEN = Path(__file__).parent / "golden"
 T, F = True, False
@@ -304,8 +305,6 @@ def test_table_of_a_stopped_run_over_its_finished_prefix(tmp_path: Path) -> None
 def test_status_of_a_stopped_run(tmp_path: Path) -> None:
     import sqlite3
 
-    from robustgen_bench.report.status import run_status, status_lines
-
     run = stopped_run(tmp_path)
     con = sqlite3.connect(run / "results.sqlite")
     with con:  # 2 s per stored sample in every cell
@@ -342,8 +341,6 @@ def test_reports_of_a_limit_run_use_its_samples_even_if_the_store_holds_more(tmp
     assert (rows.n == 4).all()
     assert main([str(run), "--out", str(tmp_path / "lb")]) == 0
     assert "**Prefix run:** `--limit 4`" in (tmp_path / "lb" / "stopped.md").read_text()
-    from robustgen_bench.report.status import run_status, status_lines
-
     st = run_status(run)  # counts what is stored (6 samples of pgd), says the run was limited
     assert st.n == 4 and st.cells.set_index(["model", "attack"]).loc[("a", "pgd"), "done"] == 6
     assert any("--limit 4" in line for line in status_lines(st, run))
