@@ -318,7 +318,8 @@ def test_repr_is_stable_and_complete():
     b = make_attack(AttackSpec("y", "foolbox", "L2PGD", Threat.L2, 1.5,
                                params=MappingProxyType({"steps": 7, "restarts": 1}), seed=3))
     assert repr(a) == repr(b) == (
-        "foolbox/L2PGD(threat=l2, epsilon=1.5, abs_stepsize=None, random_start=True, "
+        "foolbox/L2PGD(threat=l2, epsilon=1.5, abs_stepsize=None, best_iterate=True, "
+        "loss='margin', random_start=True, "
         "rel_stepsize=0.025, restarts=1, steps=7, verify_draws=5, seed=3)")
     assert get_attack_class("foolbox", "L2PGD").MINIMAL_NORM is False
     assert get_attack_class("foolbox", "DDNAttack").MINIMAL_NORM is True

@@ -15,7 +15,7 @@ from torch import nn
 
 from robustgen_bench.attacks import register_attack
 from robustgen_bench.attacks.base import Attack, AttackOutput
-from robustgen_bench.attacks.params import Param
+from robustgen_bench.attacks.params import LOGIT_SCALE_PARAM, Param
 from robustgen_bench.errors import ConfigError
 from robustgen_bench.threat import Threat
 
@@ -33,6 +33,7 @@ class AutoAttack(Attack):
     already averages ``eot`` draws of the defense, so APGD's ``eot_iter`` multiplies with it.
     """
 
+    REVISION = 1  # logit_scale (default standardized): APGD-CE depends on the logit scale
     PARAMS = MappingProxyType({
         "version": Param("standard", str, "AutoAttack version",
                          choices=("standard", "plus", "rand")),
@@ -47,6 +48,7 @@ class AutoAttack(Attack):
                           minimum=1),
         "n_target_classes": Param(None, int, "target classes of APGD-T and FAB-T",
                                   nullable=True, minimum=1),
+        "logit_scale": LOGIT_SCALE_PARAM,
     })
 
     def _check_params(self) -> None:

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from robustgen_bench.adaptive import AdaptiveSpec, Surrogate
+from robustgen_bench.attacks.losses import StandardizedLogits
 from robustgen_bench.attacks.params import Param, resolve_params
 from robustgen_bench.attacks.spec import AttackSpec
 from robustgen_bench.attacks.verification import majority_vote, predict_draws
@@ -87,6 +88,9 @@ class Attack(ABC):
     #: True for attacks that minimise the perturbation (DDN, CW, DeepFool, Boundary, noise search).
     MINIMAL_NORM: ClassVar[bool] = False
     THREATS: ClassVar[frozenset[Threat]] = frozenset(Threat)
+    #: Bumped when an adapter's behaviour changes under the same params, so that its cells get
+    #: new keys and rows of the old behaviour never mix with the new (0: not recorded).
+    REVISION: ClassVar[int] = 0
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -171,8 +175,10 @@ class Attack(ABC):
         n_draws = max(1, int(self.spec.verify_draws)) if randomized else 1
 
         if len(attacked):
-            model = Surrogate(defense, adaptive.eot)
+            model: nn.Module = Surrogate(defense, adaptive.eot)
             model.training = defense.training  # libraries that toggle modes restore this one
+            if self.params.get("logit_scale") == "standardized":
+                model = StandardizedLogits(model)
             with torch.random.fork_rng(devices=[]), _attack_mode(defense):
                 torch.manual_seed(_batch_seed(self.spec.seed, indices))
                 for _ in range(self.rounds()):

@@ -20,7 +20,8 @@ from torch import nn
 from robustgen_bench.adaptive import Surrogate
 from robustgen_bench.attacks import register_attack
 from robustgen_bench.attacks.base import Attack, AttackOutput
-from robustgen_bench.attacks.params import Param
+from robustgen_bench.attacks.losses import LOSSES, loss_fn, margin_loss
+from robustgen_bench.attacks.params import LOGIT_SCALE_PARAM, Param
 from robustgen_bench.errors import ConfigError
 from robustgen_bench.threat import Threat
 
@@ -33,6 +34,11 @@ def _fb() -> Any:
     import foolbox
 
     return foolbox
+
+
+def _library_kwargs(params: Any) -> dict[str, Any]:
+    """The params that are foolbox's own (logit_scale is applied by the base class)."""
+    return {k: v for k, v in params.items() if k != "logit_scale"}
 
 
 class FoolboxAttack(Attack):
@@ -57,27 +63,102 @@ def _pgd_params(steps: int, rel_stepsize: float) -> MappingProxyType[str, Param]
         "random_start": Param(True, bool, "start from a uniform point in the epsilon ball"),
         "restarts": Param(1, int, "random restarts; a sample is robust only if it survives all",
                           minimum=1),
+        "loss": Param("margin", str, "loss maximised (margin and dlr are scale-free; ce is "
+                      "foolbox's default)", choices=LOSSES),
+        "best_iterate": Param(True, bool, "also verify the most adversarial iterate of the path "
+                              "(foolbox returns only the last)"),
     })
+
+
+class _BestIterate:
+    """Per sample, the iterate of an attack path with the largest surrogate margin.
+
+    The attack announces each iterate with :meth:`expect`; the loss function reports the logits
+    it computed with :meth:`seen`, and only a call on exactly the announced input is recorded (the
+    gradient estimator's noisy evaluations around it are not iterates and may leave the budget).
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.y = y
+        self.x = x.detach().clone()  # (n, C, H, W): the best iterate so far
+        self.margin = torch.full((len(x),), float("-inf"), device=x.device)
+        self._expected: torch.Tensor | None = None
+
+    def expect(self, x: torch.Tensor) -> None:
+        self._expected = x
+
+    def seen(self, x: torch.Tensor, logits: torch.Tensor) -> None:
+        if self._expected is None or x.shape != self._expected.shape or not torch.equal(
+                x, self._expected):
+            return
+        self._expected = None
+        m = margin_loss(logits.detach(), self.y)
+        better = m > self.margin
+        self.x[better] = x.detach()[better]
+        self.margin = torch.where(better, m, self.margin)
+
+    def candidate(self, x0: torch.Tensor) -> torch.Tensor:
+        """(n, C, H, W): the best iterate where the surrogate found it adversarial, else x0 (the
+        input itself, which the base class skips without a predict call)."""
+        out = x0.detach().clone()
+        adv = self.margin > 0
+        out[adv] = self.x[adv]
+        return out
+
+
+def _tracked(base: type, loss: str, per_sample: bool, recorder: _BestIterate | None) -> type:
+    """``base`` (a foolbox gradient attack) with ``loss`` instead of its cross-entropy, reporting
+    every iterate to ``recorder``. The loss is per-sample (N,) if ``per_sample`` else summed."""
+    import eagerpy as ep
+
+    fn = loss_fn(loss)
+
+    class Tracked(base):  # type: ignore[misc, valid-type]
+        def get_loss_fn(self, model: Any, labels: Any) -> Any:
+            def f(inputs: Any) -> Any:
+                logits = model(inputs)
+                if recorder is not None:
+                    recorder.seen(inputs.raw, logits.raw)
+                value = fn(logits.raw, labels.raw)
+                return ep.astensor(value if per_sample else value.sum())
+
+            return f
+
+        def value_and_grad(self, loss_fn_: Any, x: Any) -> Any:
+            if recorder is not None:
+                recorder.expect(x.raw)
+            return super().value_and_grad(loss_fn_, x)
+
+    Tracked.__name__ = f"{base.__name__}_{loss}"
+    return Tracked
 
 
 class _PGD(FoolboxAttack):
     FB_CLASS: str = ""
+    REVISION = 1  # loss (default margin) and best iterate (see attacks/losses.py)
 
     def _kwargs(self) -> dict[str, Any]:
         p = self.params
         return {"steps": p["steps"], "rel_stepsize": p["rel_stepsize"],
                 "abs_stepsize": p["abs_stepsize"], "random_start": p["random_start"]}
 
-    def _attack_class(self) -> type:
-        return getattr(_fb().attacks, self.FB_CLASS)
+    def _attack_class(self, recorder: _BestIterate | None) -> type:
+        return _tracked(getattr(_fb().attacks, self.FB_CLASS), self.params["loss"], False,
+                        recorder)
 
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackOutput:
-        return self._call(self._attack_class()(**self._kwargs()), model, x, y, self.epsilon)
+        recorder = _BestIterate(x, y) if self.params["best_iterate"] else None
+        out = self._call(self._attack_class(recorder)(**self._kwargs()), model, x, y,
+                         self.epsilon)
+        if recorder is None:
+            return out
+        return AttackOutput(out.x_adv, out.flagged, fallbacks=(recorder.candidate(x),))
 
 
 @register_attack(LIBRARY, "LinfPGD")
 class LinfPGD(_PGD):
-    """foolbox ``LinfProjectedGradientDescentAttack`` (defaults are foolbox's)."""
+    """foolbox ``LinfProjectedGradientDescentAttack`` (step defaults are foolbox's; the loss is
+    the margin by default, see :mod:`robustgen_bench.attacks.losses`)."""
 
     FB_CLASS = "LinfProjectedGradientDescentAttack"
     THREATS = frozenset({Threat.LINF})
@@ -86,7 +167,8 @@ class LinfPGD(_PGD):
 
 @register_attack(LIBRARY, "L2PGD")
 class L2PGD(_PGD):
-    """foolbox ``L2ProjectedGradientDescentAttack`` (defaults are foolbox's)."""
+    """foolbox ``L2ProjectedGradientDescentAttack`` (step defaults are foolbox's; the loss is
+    the margin by default, see :mod:`robustgen_bench.attacks.losses`)."""
 
     FB_CLASS = "L2ProjectedGradientDescentAttack"
     THREATS = frozenset({Threat.L2})
@@ -113,28 +195,23 @@ class _ESPGD(_PGD):
     computed from per-sample losses, so results do not depend on the batch size.
     """
 
-    def _attack_class(self) -> type:
+    def _attack_class(self, recorder: _BestIterate | None) -> type:
         fb = _fb()
         p = self.params
         base = fb.gradient_estimators.es_gradient_estimator(
             getattr(fb.attacks, self.FB_CLASS), samples=p["samples"], sigma=p["sigma"],
             bounds=(0.0, 1.0), clip=True)
-        if not p["per_sample"]:
-            return base
-        return _per_sample_es(base, p["samples"], p["sigma"])
+        if p["per_sample"]:
+            base = _per_sample_es(base, p["samples"], p["sigma"])
+        return _tracked(base, p["loss"], p["per_sample"], recorder)
 
 
 def _per_sample_es(base: type, samples: int, sigma: float) -> type:
+    """foolbox's ES estimator on per-sample losses (the loss function returns (N,) values)."""
     import eagerpy as ep
     from foolbox.devutils import atleast_kd
 
     class PerSampleES(base):  # type: ignore[misc, valid-type]
-        def get_loss_fn(self, model: Any, labels: Any) -> Any:
-            def loss_fn(inputs: Any) -> Any:  # (N,) per-sample cross-entropy
-                return ep.crossentropy(model(inputs), labels)
-
-            return loss_fn
-
         def value_and_grad(self, loss_fn: Any, x: Any) -> Any:
             value = loss_fn(x)
             gradient = ep.zeros_like(x)
@@ -173,15 +250,17 @@ class DDN(FoolboxAttack):
     """foolbox ``DDNAttack`` (decoupled direction and norm), minimal L2."""
 
     MINIMAL_NORM = True
+    REVISION = 1  # logit_scale (default standardized)
     THREATS = frozenset({Threat.L2})
     PARAMS = MappingProxyType({
         "steps": Param(100, int, "optimisation steps", minimum=1),
         "init_epsilon": Param(1.0, float, "initial norm of the search ball", minimum=0),
         "gamma": Param(0.05, float, "norm update factor: norm * (1 +- gamma)", minimum=0),
+        "logit_scale": LOGIT_SCALE_PARAM,
     })
 
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackOutput:
-        attack = _fb().attacks.DDNAttack(**dict(self.params))
+        attack = _fb().attacks.DDNAttack(**_library_kwargs(self.params))
         return self._call(attack, model, x, y, None)
 
 
@@ -190,10 +269,13 @@ class CarliniWagner(FoolboxAttack):
     """foolbox ``L2CarliniWagnerAttack``, minimal L2.
 
     With few steps foolbox can return unchanged or all-zero images flagged successful; the base
-    class re-measures the distance and re-verifies with ``predict``.
+    class re-measures the distance and re-verifies with ``predict``. Its constant ``c`` weighs
+    the logit margin against the squared distance, so it only means the same thing across
+    defenses on standardized logits (``logit_scale``, the default), where margins are O(1).
     """
 
     MINIMAL_NORM = True
+    REVISION = 1  # logit_scale (default standardized)
     THREATS = frozenset({Threat.L2})
     PARAMS = MappingProxyType({
         "binary_search_steps": Param(9, int, "binary search steps over the constant c", minimum=1),
@@ -202,10 +284,11 @@ class CarliniWagner(FoolboxAttack):
         "confidence": Param(0.0, float, "required logit margin", minimum=0),
         "initial_const": Param(0.001, float, "initial constant c", minimum=0),
         "abort_early": Param(True, bool, "stop a search step once the loss stalls"),
+        "logit_scale": LOGIT_SCALE_PARAM,
     })
 
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackOutput:
-        attack = _fb().attacks.L2CarliniWagnerAttack(**dict(self.params))
+        attack = _fb().attacks.L2CarliniWagnerAttack(**_library_kwargs(self.params))
         return self._call(attack, model, x, y, None)
 
 

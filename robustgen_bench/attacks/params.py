@@ -89,3 +89,10 @@ def resolve_params(declared: Mapping[str, Param], given: Mapping[str, Any],
     for name, p in declared.items():
         resolved[name] = p.check(name, given[name], owner) if name in given else p.default
     return resolved
+
+
+#: Shared by every attack that reads logit values (see :mod:`robustgen_bench.attacks.losses`).
+LOGIT_SCALE_PARAM = Param("standardized", str,
+                          "logits the library sees: 'standardized' (per sample divided by their "
+                          "std over classes: scale-free) or 'raw'",
+                          choices=("standardized", "raw"))

@@ -29,10 +29,27 @@ class AttackSpec:
     seed: int = 0
 
     def canonical(self) -> dict[str, Any]:
-        """JSON-able canonical form; its hash keys the cell in the store."""
-        return {
+        """JSON-able canonical form; its hash keys the cell in the store.
+
+        Holds the adapter's ``REVISION`` when it is not 0, so a behaviour change of an adapter
+        gives its cells new keys (and leaves every other cell's key as it was).
+        """
+        out: dict[str, Any] = {
             "id": self.id, "library": self.library, "attack": self.attack,
             "threat": self.threat.value, "epsilon": float(self.epsilon),
             "params": {k: self.params[k] for k in sorted(self.params)},
             "verify_draws": self.verify_draws, "seed": self.seed,
         }
+        revision = _revision(self.library, self.attack)
+        if revision:
+            out["revision"] = revision
+        return out
+
+
+def _revision(library: str, attack: str) -> int:
+    from robustgen_bench.attacks import UnknownAttackError, get_attack_class
+
+    try:
+        return get_attack_class(library, attack).REVISION
+    except UnknownAttackError:  # specs of test doubles and removed adapters
+        return 0

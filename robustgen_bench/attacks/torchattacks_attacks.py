@@ -12,7 +12,7 @@ from torch import nn
 
 from robustgen_bench.attacks import register_attack
 from robustgen_bench.attacks.base import Attack, AttackOutput
-from robustgen_bench.attacks.params import Param
+from robustgen_bench.attacks.params import LOGIT_SCALE_PARAM, Param
 from robustgen_bench.threat import Threat
 
 LIBRARY = "torchattacks"
@@ -37,6 +37,7 @@ class EOTPGD(Attack):
     """
 
     THREATS = frozenset({Threat.LINF})
+    REVISION = 1  # logit_scale (default standardized): torchattacks fixes the loss to CE
     PARAMS = MappingProxyType({
         "steps": Param(10, int, "gradient steps", minimum=1),
         "alpha": Param(None, float, "step size (null: 2.5 * epsilon / steps)", nullable=True,
@@ -45,6 +46,7 @@ class EOTPGD(Attack):
         "random_start": Param(True, bool, "start from a uniform point in the epsilon ball"),
         "restarts": Param(1, int, "random restarts; a sample is robust only if it survives all",
                           minimum=1),
+        "logit_scale": LOGIT_SCALE_PARAM,
     })
 
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackOutput:
@@ -57,7 +59,11 @@ class EOTPGD(Attack):
 
 @register_attack(LIBRARY, "Square")
 class Square(Attack):
-    """torchattacks ``Square`` (score-based random search), Linf or L2 from the threat."""
+    """torchattacks ``Square`` (score-based random search), Linf or L2 from the threat.
+
+    Square only compares loss values of one sample, so its default margin loss is already
+    unchanged by a positive rescaling of the logits (``ce`` is not).
+    """
 
     PARAMS = MappingProxyType({
         "n_queries": Param(5000, int, "queries per restart", minimum=1),
