@@ -1,0 +1,155 @@
+"""PGD strength on ABS-family defenses before and after the scale-free loss and best iterate.
+
+For each zoo id, the same samples, the same seeds (so the same random starts), two runs of
+foolbox PGD through rgbench's attack base class (every invariant applies):
+
+* ``ce``: cross-entropy, as rgbench's PGD was before (foolbox's default loss);
+* ``margin``: the margin loss, rgbench's default now.
+
+Each run tracks the best iterate, and the benchmark also re-verifies the *last* iterate on its
+own (with the deployed ``predict``, as the base class does), so every run gives two columns:
+``last`` (foolbox's output only: rgbench before) and ``best`` (last or best iterate: rgbench
+now). "ce / last" is the old rgbench and "margin / best" the new one; "margin / last" splits the
+change into the share of the loss and the share of the best iterate. Per-sample discordant
+counts and exact McNemar p-values compare the columns pairwise.
+
+Usage:
+    .venv/bin/python benchmarks/attack_strength.py mnist/abs-schott2019 mnist/abs \\
+        --threat l2 --epsilon 1.5 --n 100 --steps 20 --rel-stepsize 0.1 --out leaderboards/x.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from types import MappingProxyType
+
+import numpy as np
+import torch
+
+from robustgen_bench import zoo
+from robustgen_bench.attacks import AttackSpec, make_attack
+from robustgen_bench.attacks.verification import majority_vote, predict_draws
+from robustgen_bench.data import load_tensors
+from robustgen_bench.stats import mcnemar_pvalue, wilson_interval
+from robustgen_bench.threat import Threat
+
+ATTACKS = {Threat.L2: "L2PGD", Threat.LINF: "LinfPGD"}
+VARIANTS = ("ce/last", "ce/best", "margin/last", "margin/best")
+
+
+def run_model(entry_id: str, threat: Threat, eps: float, n: int, steps: int, rel: float,
+              batch: int, verify_draws: int, random_start: bool) -> dict[str, object]:
+    """Per-sample robust outcomes (bool lists over the first n test images) per variant."""
+    entry = zoo.get_entry(entry_id)
+    defense = zoo.build_defense(entry).eval()
+    x, y = load_tensors(entry.dataset, "test", None)
+    x, y = x[:n], y[:n]
+    randomized = bool(entry.adaptive.randomized or getattr(defense, "randomized", False))
+    draws = verify_draws if randomized else 1
+    clean = torch.cat([predict_draws(defense, x[i:i + batch], 1)[0] for i in range(0, n, batch)])
+    out: dict[str, object] = {"clean": (clean == y).tolist(), "seconds": {}}
+    for loss in ("ce", "margin"):
+        spec = AttackSpec(id=f"pgd-{loss}", library="foolbox", attack=ATTACKS[threat],
+                          threat=threat, epsilon=eps, verify_draws=verify_draws, seed=0,
+                          params=MappingProxyType({"steps": steps, "rel_stepsize": rel,
+                                                   "loss": loss, "best_iterate": True,
+                                                   "random_start": random_start}))
+        attack = make_attack(spec)
+        finals: list[torch.Tensor] = []
+        inner_run = attack._run
+
+        def capture(model, xs, ys, _run=inner_run, _finals=finals):  # noqa: ANN001
+            o = _run(model, xs, ys)
+            _finals.append(o.x_adv.detach())
+            return o
+
+        attack._run = capture  # type: ignore[method-assign]  # instrumentation only
+        best, last = [], []
+        t0 = time.process_time()
+        for i in range(0, n, batch):
+            xs, ys, cs = x[i:i + batch], y[i:i + batch], clean[i:i + batch]
+            finals.clear()
+            rows = attack(defense, entry.adaptive, xs, ys, list(range(i, i + len(xs))), cs)
+            best += [r.adv_correct for r in rows]
+            attacked = torch.nonzero(cs == ys).flatten()
+            robust_last = (cs == ys).clone()
+            if len(attacked):
+                xa = finals[0]
+                dist = threat.norm(xa - xs[attacked]).double()
+                ok = (dist <= eps + 1e-6) & (xa.flatten(1).amin(1) >= 0) & (xa.flatten(1).amax(1) <= 1)
+                votes = majority_vote(predict_draws(defense, xa, draws), ys[attacked])
+                robust_last[attacked] = ~(ok & (votes != ys[attacked]))
+            last += robust_last.tolist()
+            print(f"  {entry_id} {loss}: {i + len(xs)}/{n}", flush=True)
+        out["seconds"][loss] = time.process_time() - t0  # type: ignore[index]
+        out[f"{loss}/best"], out[f"{loss}/last"] = best, last
+    return out
+
+
+def _acc(v: list[bool]) -> str:
+    k, m = sum(v), len(v)
+    lo, hi = wilson_interval(k, m)
+    return f"{100 * k / m:.0f} % [{100 * lo:.0f}, {100 * hi:.0f}]"
+
+
+def _pair(a: list[bool], b: list[bool]) -> str:
+    """'b01 / b10, p': a robust & b broken, a broken & b robust, exact McNemar p."""
+    aa, bb = np.array(a), np.array(b)
+    return f"{int(np.sum(aa & ~bb))} / {int(np.sum(~aa & bb))}, p = {mcnemar_pvalue(aa, bb):.2g}"
+
+
+def report(results: dict[str, dict[str, object]], args: argparse.Namespace) -> str:
+    head = (f"PGD-{args.threat} ε = {args.epsilon:g}, {args.steps} steps, step "
+            f"{args.rel_stepsize:g}·ε, random start {'on' if args.random_start else 'off'}, "
+            f"first {args.n} MNIST test images, seed 0 (same random starts for both losses)")
+    lines = [f"### {head}", "",
+             "| model | clean | ce / last (before) | ce / best | margin / last | margin / best (now) "
+             "| before→now: broken only now / only before, McNemar | share of the loss "
+             "(ce/last→margin/last) | share of the best iterate (margin/last→margin/best) "
+             "| CPU s (ce, margin) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for mid, r in results.items():
+        v = {k: r[k] for k in VARIANTS}
+        sec = r["seconds"]
+        lines.append(
+            f"| {mid} | {_acc(r['clean'])} | " + " | ".join(_acc(v[k]) for k in VARIANTS)
+            + f" | {_pair(v['ce/last'], v['margin/best'])} | {_pair(v['ce/last'], v['margin/last'])}"
+            f" | {_pair(v['margin/last'], v['margin/best'])} | {sec['ce']:.0f}, {sec['margin']:.0f} |")
+    lines += ["", "Robust accuracy with Wilson 95 % intervals; a pair 'a / b' counts samples robust "
+              "under the left variant and broken under the right one, then the reverse."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("ids", nargs="+")
+    ap.add_argument("--threat", choices=["l2", "linf"], default="l2")
+    ap.add_argument("--epsilon", type=float, default=1.5)
+    ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--rel-stepsize", type=float, default=0.1)
+    ap.add_argument("--no-random-start", dest="random_start", action="store_false")
+    ap.add_argument("--batch", type=int, default=25)
+    ap.add_argument("--verify-draws", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, help="append the Markdown table here (and a .json beside)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    results = {}
+    for mid in args.ids:
+        results[mid] = run_model(mid, Threat(args.threat), args.epsilon, args.n, args.steps,
+                                 args.rel_stepsize, args.batch, args.verify_draws,
+                                 args.random_start)
+        text = report(results, args)
+        print(text, flush=True)
+    if args.out:
+        with args.out.open("a") as f:
+            f.write(text + "\n")
+        args.out.with_suffix(f".{args.threat}.json").write_text(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
