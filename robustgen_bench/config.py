@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from robustgen_bench.adaptive import WarmStart
 from robustgen_bench.attacks.spec import AttackSpec
 from robustgen_bench.data import DatasetName
 from robustgen_bench.errors import ConfigError, UserInputError, did_you_mean
@@ -26,10 +27,12 @@ from robustgen_bench.threat import Threat
 
 TOP_KEYS = ("name", "description", "include", "dataset", "models", "attacks", "stats", "report", "run")
 DATASET_KEYS = ("name", "split", "n", "seed")
-ATTACK_RESERVED = ("id", "library", "attack", "threat", "epsilon", "params", "verify_draws")
+ATTACK_RESERVED = ("id", "library", "attack", "threat", "epsilon", "params", "verify_draws",
+                   "surrogate")
 STATS_KEYS = ("test", "alpha", "correction")
 REPORT_KEYS = ("formats", "plots")
-RUN_KEYS = ("batch_size", "verify_draws", "save_examples")
+RUN_KEYS = ("batch_size", "verify_draws", "save_examples", "surrogate")
+SURROGATE_KEYS = ("warm_steps", "radius")
 REPORT_FORMATS = ("md", "tex", "csv", "html")
 _FRACTION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)\s*$")
 
@@ -65,6 +68,9 @@ class RunSpec:
     batch_size: int = 16
     verify_draws: int = 5
     save_examples: int = 8
+    #: The default surrogate of the suite's attacks (None: full inference at every step);
+    #: an attack's own ``surrogate:`` wins. Recorded in each attack's cell key.
+    surrogate: WarmStart | None = None
 
 
 @dataclass(frozen=True)
@@ -97,7 +103,8 @@ class Suite:
                       "correction": self.stats.correction},
             "report": {"formats": list(self.report.formats), "plots": self.report.plots},
             "run": {"batch_size": self.run.batch_size, "verify_draws": self.run.verify_draws,
-                    "save_examples": self.run.save_examples},
+                    "save_examples": self.run.save_examples,
+                    **({"surrogate": self.run.surrogate.canonical()} if self.run.surrogate else {})},
         }
 
     def hash(self) -> str:
@@ -281,6 +288,20 @@ def _tname(v: Any) -> str:
         type(v), type(v).__name__)
 
 
+def _surrogate(v: _Validator, value: Any, path: tuple[Any, ...]) -> WarmStart | None:
+    """``full`` (None) or ``{warm_steps: k, radius: r}`` (a :class:`WarmStart`)."""
+    if value == "full":
+        return None
+    if not isinstance(value, dict):
+        raise v.fail(path, f"expected 'full' or a mapping {{warm_steps: K, radius: R}}, got {value!r}")
+    m = v.mapping(value, path, SURROGATE_KEYS)
+    steps = v.integer(v.require(m, "warm_steps", path), path + ("warm_steps",), 1)
+    radius = v.number(m.get("radius", WarmStart.radius), path + ("radius",))
+    if radius <= 0:
+        raise v.fail(path + ("radius",), f"expected a positive L2 distance, got {radius!r}")
+    return WarmStart(steps=steps, radius=radius)
+
+
 def _validate(data: dict[str, Any], file: Path, doc: _Doc, limit: int | None) -> Suite:
     from robustgen_bench.attacks import get_attack_class
     from robustgen_bench.zoo import entry_ids
@@ -327,6 +348,7 @@ def _validate(data: dict[str, Any], file: Path, doc: _Doc, limit: int | None) ->
                                ("run", "verify_draws"), 1),
         save_examples=v.integer(run_raw.get("save_examples", RunSpec.save_examples),
                                 ("run", "save_examples"), 0),
+        surrogate=_surrogate(v, run_raw.get("surrogate", "full"), ("run", "surrogate")),
     )
 
     attacks_raw = top.get("attacks", [])
@@ -387,10 +409,12 @@ def _validate(data: dict[str, Any], file: Path, doc: _Doc, limit: int | None) ->
             where = p + ((key,) if key in inline else ("params", key) if key else ())
             raise v.fail(where, e.detail) from None
         vd = v.integer(a.get("verify_draws", run.verify_draws), p + ("verify_draws",), 1)
+        warm = (_surrogate(v, a["surrogate"], p + ("surrogate",)) if "surrogate" in a
+                else run.surrogate)
         for eps in epsilons:
             specs.append(AttackSpec(id=aid, library=library, attack=attack, threat=threat,
                                     epsilon=eps, params=MappingProxyType(dict(params)),
-                                    verify_draws=vd, seed=seed))
+                                    verify_draws=vd, seed=seed, surrogate=warm))
 
     st = v.mapping(top.get("stats", {}) or {}, ("stats",), STATS_KEYS)
     test = st.get("test", "mcnemar")

@@ -175,8 +175,9 @@ class Attack(ABC):
         n_draws = max(1, int(self.spec.verify_draws)) if randomized else 1
 
         if len(attacked):
-            model: nn.Module = Surrogate(defense, adaptive.eot)
-            model.training = defense.training  # libraries that toggle modes restore this one
+            surrogate = Surrogate(defense, adaptive.eot, warm=self.spec.surrogate)
+            surrogate.training = defense.training  # libraries that toggle modes restore this one
+            model: nn.Module = surrogate
             if self.params.get("logit_scale") == "standardized":
                 model = StandardizedLogits(model)
             with torch.random.fork_rng(devices=[]), _attack_mode(defense):
@@ -187,6 +188,7 @@ class Attack(ABC):
                     if not len(todo):
                         break
                     xs, ys = x[todo].detach(), y[todo].long()
+                    surrogate.reset()  # a new round never inherits the last one's solutions
                     out = self._run(model, xs, ys)
                     self._settle(defense, xs, ys, todo, out, n_draws, states)
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from robustgen_bench.adaptive import WarmStart
 from robustgen_bench.threat import Threat
 
 
@@ -27,6 +28,8 @@ class AttackSpec:
     #: How many ``predict`` draws re-decide success for a randomized defense.
     verify_draws: int = 5
     seed: int = 0
+    #: The warm-started surrogate (None: the full inference at every attack step).
+    surrogate: WarmStart | None = None
 
     def canonical(self) -> dict[str, Any]:
         """JSON-able canonical form; its hash keys the cell in the store.
@@ -40,6 +43,8 @@ class AttackSpec:
             "params": {k: self.params[k] for k in sorted(self.params)},
             "verify_draws": self.verify_draws, "seed": self.seed,
         }
+        if self.surrogate is not None:
+            out["surrogate"] = self.surrogate.canonical()
         revision = _revision(self.library, self.attack)
         if revision:
             out["revision"] = revision

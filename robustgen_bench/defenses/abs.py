@@ -347,17 +347,44 @@ class ABSDefense(Defense):
                 priors.append(self._prior(k, z[k]))
         return torch.stack(recs), torch.stack(priors)
 
-    def optimise(self, x: torch.Tensor) -> LatentState:
-        """The inner optimisation (no gradient to x): x (N, C, H, W) → LatentState (K, N, L)."""
+    @torch.no_grad()
+    def _point_scores(self, xf: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+        """Unscaled class losses at the point latents mu (K, N, L): (K, N) (the candidate score)."""
+        return torch.stack([(xf - self._decode(k, mu[k]).flatten(1)).pow(2).sum(-1)
+                            + self.cfg.beta * self._prior(k, mu[k])
+                            for k in range(self.num_classes)])
+
+    def _warm_start(self, x: torch.Tensor, state: LatentState, init: LatentState) -> LatentState:
+        """Per (class, sample), the better start of the candidate search and ``init``."""
+        if init.mu.shape != state.mu.shape or (init.logvar is None) != (state.logvar is None):
+            raise ValueError(f"warm start of shape {tuple(init.mu.shape)} for latents "
+                             f"{tuple(state.mu.shape)}")
+        xf = x.flatten(1)
+        better = self._point_scores(xf, init.mu) < self._point_scores(xf, state.mu)  # (K, N)
+        mu = torch.where(better.unsqueeze(-1), init.mu, state.mu)
+        logvar = None if state.logvar is None else torch.where(
+            better.unsqueeze(-1), init.logvar, state.logvar)
+        return LatentState(mu=mu.clone(), logvar=None if logvar is None else logvar.clone())
+
+    def optimise(self, x: torch.Tensor, init: LatentState | None = None,
+                 steps: int | None = None) -> LatentState:
+        """The inner optimisation (no gradient to x): x (N, C, H, W) → LatentState (K, N, L).
+
+        ``init`` (warm start): per (class, sample) the optimisation starts from whichever of
+        ``init`` and the candidate search scores better on x; ``steps`` overrides the config's.
+        """
         if torch.is_inference_mode_enabled():
             # Callers may run predict under inference_mode; the latent search needs autograd.
             with torch.inference_mode(False):
-                state = self.optimise(x.clone())
+                state = self.optimise(x.clone(), init, steps)
                 return LatentState(mu=state.mu.clone(),
                                    logvar=None if state.logvar is None else state.logvar.clone())
         x = x.detach()
         state = self.initial_latents(x)
-        if self.cfg.steps == 0:
+        if init is not None:
+            state = self._warm_start(x, state, init)
+        steps = self.cfg.steps if steps is None else steps
+        if steps == 0:
             return state
         xf = x.flatten(1)
         scale = self._score_scale(xf.shape[1])
@@ -366,7 +393,7 @@ class ABSDefense(Defense):
             params.append(state.logvar.requires_grad_(True))
         opt = torch.optim.Adam(params, lr=self.cfg.lr)
         with torch.enable_grad():
-            for _ in range(self.cfg.steps):
+            for _ in range(steps):
                 eps = torch.randn_like(state.mu) if state.logvar is not None else None
                 recs, priors = self._objective(xf, state, eps)
                 # Sum over samples and classes: Adam is element-wise, so each (sample, class)
@@ -401,6 +428,19 @@ class ABSDefense(Defense):
         xp = self._prepare(x).detach()
         state = self.optimise(xp)
         return self.final_terms(xp.flatten(1), state)
+
+    def warm_solution(self, x: torch.Tensor, previous: object | None,
+                      steps: int) -> tuple[object, object]:
+        """(G_k(z*), prior terms) and the LatentState to carry; see :meth:`Defense.warm_solution`.
+
+        Cold (``previous`` None): the full inference, as :meth:`inner_solution`.
+        """
+        xp = self._prepare(x).detach()
+        if previous is None:
+            state = self.optimise(xp)
+        else:
+            state = self.optimise(xp, init=previous, steps=steps)  # type: ignore[arg-type]
+        return self.final_terms(xp.flatten(1), state), state
 
     def logits_at_solution(self, x: torch.Tensor, solution: object) -> torch.Tensor:
         recs, priors = solution  # type: ignore[misc]

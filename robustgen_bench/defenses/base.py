@@ -47,6 +47,18 @@ class Defense(nn.Module, ABC):
         """
         return None
 
+    def warm_solution(self, x: torch.Tensor, previous: object | None,
+                      steps: int) -> tuple[object, object] | None:
+        """A warm-started inner solution for x (N, C, H, W), or None (no warm start offered).
+
+        Returns ``(solution, state)``: ``solution`` as :meth:`inner_solution` returns it (for
+        :meth:`logits_at_solution`), ``state`` what a later call may pass back as ``previous``
+        for inputs close to x, row for row. With ``previous`` None this is the full inference
+        (same result as :meth:`inner_solution`); otherwise each (sample, class) starts from the
+        better of ``previous`` and the cheap initialisation and runs ``steps`` steps.
+        """
+        return None
+
     def logits_at_solution(self, x: torch.Tensor, solution: object) -> torch.Tensor:
         """Differentiable logits (N, K) of x given ``inner_solution(x)``; only if that is not None."""
         raise NotImplementedError(f"{type(self).__name__} has no inner solution to reuse")

@@ -42,6 +42,10 @@ def _relative(path: str | None) -> str | None:
 def _attack_text(a: dict) -> str:
     params = ", ".join(f"{k}={v}" for k, v in (a.get("params") or {}).items())
     head = f"`{a.get('id')}` ({a.get('library')} {a.get('attack')}, {a.get('threat')}, ε = {a.get('epsilon'):g}"
+    warm = a.get("surrogate")
+    if warm:  # the adaptive hook the attack differentiated (full inference when absent)
+        params += (", " if params else "") + (f"surrogate=warm ({warm['warm_steps']} steps, "
+                                              f"radius {warm['radius']:g})")
     return head + (f", {params})" if params else ")")
 
 

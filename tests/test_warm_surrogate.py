@@ -1,0 +1,147 @@
+"""The warm-started surrogate: continues one attack path, never inherits across anything else.
+
+Each constructed case would give a different answer if a solution leaked: a stale latent for
+another sample, another batch size, a new restart, another attack cell or a verification call.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+import pytest
+import torch
+
+from robustgen_bench.adaptive import AdaptiveSpec, GradientHook, Surrogate, WarmStart
+from robustgen_bench.attacks import AttackSpec, make_attack
+from robustgen_bench.defenses import get_family
+from robustgen_bench.defenses.abs import ABSDefense
+from robustgen_bench.threat import Threat
+
+SMALL = {"n_init": 64, "steps": 6}
+HOOK = AdaptiveSpec(GradientHook.DETACHED_ZSTAR, randomized=False, eot=1)
+
+
+def _abs(family: str = "abs", **cfg: object) -> ABSDefense:
+    torch.manual_seed(0)
+    return get_family(family)({**SMALL, **cfg}).eval()
+
+
+def _images(n: int = 3, seed: int = 1) -> torch.Tensor:
+    return torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
+
+
+def test_first_call_is_the_full_inference() -> None:
+    d = _abs()
+    x = _images()
+    warm = Surrogate(d, warm=WarmStart(steps=2))
+    torch.testing.assert_close(warm(x), d.surrogate_logits(x))
+    assert warm.calls == {"cold": 1, "warm": 0}
+
+
+def test_k_equal_to_the_defense_steps_from_the_same_start_is_the_full_hook() -> None:
+    """Warm with k = steps, started from the candidate search itself, is the full inference."""
+    d = _abs()
+    x = _images()
+    start = d.initial_latents(x)
+    (recs, priors), _ = d.warm_solution(x, start, steps=d.cfg.steps)
+    torch.testing.assert_close(d.logits_at_solution(x, (recs, priors)), d.surrogate_logits(x))
+
+
+def test_warm_steps_continue_the_path_and_score_no_worse_than_the_candidates() -> None:
+    d = _abs()
+    x = _images()
+    s = Surrogate(d, warm=WarmStart(steps=1))
+    s(x)
+    x2 = (x + 0.002).clamp(0, 1)  # one small attack step
+    logits = s(x2)
+    assert s.calls == {"cold": 1, "warm": 1}
+    # one warm step from the previous optimum beats one step from the candidate search
+    cold_one = d.logits_at_solution(x2, d.final_terms(x2.flatten(1), d.optimise(x2, steps=1)))
+    assert bool((logits >= cold_one - 1e-6).all())  # logits = -scores: higher is a better fit
+
+
+def test_the_start_is_chosen_per_class_and_sample_by_score() -> None:
+    """A deliberately bad warm start (far latents) loses to the candidate search."""
+    d = _abs()
+    x = _images()
+    cand = d.initial_latents(x)
+    bad = type(cand)(mu=cand.mu + 50.0, logvar=None)
+    chosen = d._warm_start(x, cand, bad)
+    torch.testing.assert_close(chosen.mu, cand.mu)
+
+
+@pytest.mark.parametrize("case", ["other_samples", "other_size", "reset", "far_step"])
+def test_no_solution_is_inherited_outside_one_path(case: str) -> None:
+    d = _abs(steps=4)
+    s = Surrogate(d, warm=WarmStart(steps=1, radius=1.0))
+    x = _images(3)
+    s(x)
+    if case == "other_samples":  # same shape, other images (e.g. rows in another order)
+        y = _images(3, seed=7)
+    elif case == "other_size":  # AutoAttack re-running a subset of the batch
+        y = x[:2] + 0.001
+    elif case == "reset":  # a new restart: the base class resets the surrogate
+        s.reset()
+        y = x + 0.001
+    else:  # a random start far from the last iterate
+        y = (x + 0.2 * torch.randn_like(x)).clamp(0, 1)
+    out = s(y)
+    assert s.calls == {"cold": 2, "warm": 0}
+    torch.testing.assert_close(out, d.surrogate_logits(y))  # exactly the full hook
+
+
+def test_randomized_defense_keeps_one_warm_chain_per_draw() -> None:
+    d = _abs("eabs", steps=3)
+    s = Surrogate(d, eot=3, warm=WarmStart(steps=1))
+    x = _images(2)
+    torch.manual_seed(5)
+    s(x)
+    chains = [st.mu.clone() for st in s._chain[1]]
+    assert len(chains) == 3 and not torch.equal(chains[0], chains[1])  # independent draws
+    s(x + 0.001)
+    assert s.calls == {"cold": 1, "warm": 1}
+
+
+def _pgd(surrogate: WarmStart | None, seed: int = 0, restarts: int = 1):
+    return make_attack(AttackSpec(
+        id="pgd", library="foolbox", attack="L2PGD", threat=Threat.L2, epsilon=1.5, seed=seed,
+        params=MappingProxyType({"steps": 4, "rel_stepsize": 0.25, "restarts": restarts}),
+        surrogate=surrogate))
+
+
+def test_attack_with_warm_hook_is_seeded_and_keyed() -> None:
+    d = _abs(steps=4)
+    x = _images(4)
+    y = d.predict(x).argmax(1)  # attack the defense's own labels
+    warm = WarmStart(steps=1)
+    a = _pgd(warm, restarts=2)(d, HOOK, x, y, [0, 1, 2, 3], y)
+    b = _pgd(warm, restarts=2)(d, HOOK, x, y, [0, 1, 2, 3], y)
+    assert a == b  # reproducible from the seed (no state survives between calls)
+    spec = _pgd(warm).spec
+    assert spec.canonical()["surrogate"] == {"warm_steps": 1, "radius": 1.0}
+    assert "surrogate" not in _pgd(None).spec.canonical()  # full-hook cells keep their keys
+
+
+def test_suite_surrogate_is_validated_and_per_attack_wins(tmp_path) -> None:
+    from robustgen_bench.config import load_suite
+    from robustgen_bench.errors import ConfigError
+
+    text = """name: s
+dataset: {name: mnist, n: 4}
+models: [mnist/cnn]
+run: {surrogate: {warm_steps: 5}}
+attacks:
+  - {id: a, library: foolbox, attack: L2PGD, threat: l2, epsilon: 1.5}
+  - {id: b, library: foolbox, attack: L2PGD, threat: l2, epsilon: 1.5, surrogate: full}
+"""
+    p = tmp_path / "s.yaml"
+    p.write_text(text)
+    s = load_suite(p)
+    assert s.attacks[0].surrogate == WarmStart(steps=5) and s.attacks[1].surrogate is None
+    p.write_text(text.replace("warm_steps: 5", "warm_stepz: 5"))
+    with pytest.raises(ConfigError) as e:
+        load_suite(p)
+    assert "run.surrogate.warm_stepz" in str(e.value) and "warm_steps" in str(e.value)
+    p.write_text(text.replace("surrogate: full", "surrogate: fast"))
+    with pytest.raises(ConfigError, match="attacks\\[1\\].surrogate"):
+        load_suite(p)
