@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from robustgen_bench import zoo
+from robustgen_bench.adaptive import WarmStart
 from robustgen_bench.attacks import AttackSpec, make_attack
 from robustgen_bench.attacks.verification import majority_vote, predict_draws
 from robustgen_bench.data import load_tensors
@@ -41,7 +42,9 @@ VARIANTS = ("ce/last", "ce/best", "margin/last", "margin/best")
 
 
 def run_model(entry_id: str, threat: Threat, eps: float, n: int, steps: int, rel: float,
-              batch: int, verify_draws: int, random_start: bool) -> dict[str, object]:
+              batch: int, verify_draws: int, random_start: bool,
+              losses: tuple[str, ...] = ("ce", "margin"),
+              warm: WarmStart | None = None) -> dict[str, object]:
     """Per-sample robust outcomes (bool lists over the first n test images) per variant."""
     entry = zoo.get_entry(entry_id)
     defense = zoo.build_defense(entry).eval()
@@ -51,9 +54,10 @@ def run_model(entry_id: str, threat: Threat, eps: float, n: int, steps: int, rel
     draws = verify_draws if randomized else 1
     clean = torch.cat([predict_draws(defense, x[i:i + batch], 1)[0] for i in range(0, n, batch)])
     out: dict[str, object] = {"clean": (clean == y).tolist(), "seconds": {}}
-    for loss in ("ce", "margin"):
+    for loss in losses:
         spec = AttackSpec(id=f"pgd-{loss}", library="foolbox", attack=ATTACKS[threat],
                           threat=threat, epsilon=eps, verify_draws=verify_draws, seed=0,
+                          surrogate=warm,
                           params=MappingProxyType({"steps": steps, "rel_stepsize": rel,
                                                    "loss": loss, "best_iterate": True,
                                                    "random_start": random_start}))
@@ -101,6 +105,22 @@ def _pair(a: list[bool], b: list[bool]) -> str:
     return f"{int(np.sum(aa & ~bb))} / {int(np.sum(~aa & bb))}, p = {mcnemar_pvalue(aa, bb):.2g}"
 
 
+def compare(a_file: Path, b_file: Path, column: str = "margin/best") -> str:
+    """Markdown rows comparing ``column`` of two result files (same models, same samples)."""
+    a, b = json.loads(a_file.read_text()), json.loads(b_file.read_text())
+    lines = [f"| model | {a_file.name} | {b_file.name} | robust only in {a_file.name} / only in "
+             f"{b_file.name}, McNemar | CPU s ({a_file.name}, {b_file.name}) |",
+             "|---|---|---|---|---|"]
+    for mid in a:
+        if mid not in b:
+            continue
+        va, vb = a[mid][column], b[mid][column]
+        ca = a[mid]["seconds"]["margin"]
+        cb = b[mid]["seconds"]["margin"]
+        lines.append(f"| {mid} | {_acc(va)} | {_acc(vb)} | {_pair(va, vb)} | {ca:.0f}, {cb:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def report(results: dict[str, dict[str, object]], args: argparse.Namespace) -> str:
     head = (f"PGD-{args.threat} ε = {args.epsilon:g}, {args.steps} steps, step "
             f"{args.rel_stepsize:g}·ε, random start {'on' if args.random_start else 'off'}, "
@@ -112,6 +132,11 @@ def report(results: dict[str, dict[str, object]], args: argparse.Namespace) -> s
              "| CPU s (ce, margin) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for mid, r in results.items():
+        if not all(k in r for k in VARIANTS):  # a run of one loss: its two columns only
+            cols = [k for k in VARIANTS if k in r]
+            lines.append(f"| {mid} | {_acc(r['clean'])} | " + ", ".join(
+                f"{k}: {_acc(r[k])}" for k in cols) + f" | CPU s {r['seconds']} |")
+            continue
         v = {k: r[k] for k in VARIANTS}
         sec = r["seconds"]
         lines.append(
@@ -136,13 +161,22 @@ def main() -> None:
     ap.add_argument("--verify-draws", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, help="append the Markdown table here (and a .json beside)")
+    ap.add_argument("--losses", default="ce,margin", help="comma-separated: ce, margin, dlr")
+    ap.add_argument("--warm", type=int, metavar="K",
+                    help="attack through the warm-started surrogate with K inner steps")
+    ap.add_argument("--compare", nargs=2, type=Path, metavar="JSON",
+                    help="only compare the margin/best columns of two earlier --out .json files")
     args = ap.parse_args()
+    if args.compare:
+        print(compare(*args.compare))
+        return
     torch.set_num_threads(args.threads)
     results = {}
+    warm = WarmStart(steps=args.warm) if args.warm else None
     for mid in args.ids:
         results[mid] = run_model(mid, Threat(args.threat), args.epsilon, args.n, args.steps,
                                  args.rel_stepsize, args.batch, args.verify_draws,
-                                 args.random_start)
+                                 args.random_start, tuple(args.losses.split(",")), warm)
         text = report(results, args)
         print(text, flush=True)
     if args.out:
