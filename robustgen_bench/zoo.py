@@ -47,6 +47,16 @@ def weights_cache() -> Path:
     return Path(base) / "rgbench" / "weights"
 
 
+def cache_dir() -> Path:
+    """``RGBENCH_CACHE`` or a per-user cache directory: files derived from verified weights
+    (never the weights themselves; the weights cache may be read-only shared material)."""
+    env = os.environ.get("RGBENCH_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "rgbench" / "derived"
+
+
 @dataclass(frozen=True)
 class WeightsFile:
     """One weights file of an entry; ``role`` distinguishes several files (e.g. one per class)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,8 @@ REFERENCE_DIR = SHARED / "reference"
 os.environ.setdefault("RGBENCH_DATA", str(DATA_DIR))
 os.environ.setdefault("RGBENCH_WEIGHTS", str(REFERENCE_DIR))
 os.environ.setdefault("RGBENCH_NO_DOWNLOAD", "1")
+# Derived files (ABS candidate caches) go to a fresh folder per test session, not the user's cache.
+os.environ.setdefault("RGBENCH_CACHE", tempfile.mkdtemp(prefix="rgbench-cache-"))
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 # One thread: tests are small, and on a busy 2-core machine two OpenMP threads spin (a PGD test
 # took 38 s with 2 threads, 1.6 s with 1). Subprocesses started by tests inherit OMP_NUM_THREADS.

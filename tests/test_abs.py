@@ -145,3 +145,33 @@ def test_predict_works_under_inference_mode() -> None:
     with torch.inference_mode():
         a = d.predict(x)
     assert torch.equal(a, d.predict(x))
+
+
+def test_candidate_cache_is_kept_on_disk_keyed_by_weights(tmp_path, monkeypatch) -> None:
+    from safetensors.torch import save_file
+
+    monkeypatch.setenv("RGBENCH_CACHE", str(tmp_path / "cache"))
+    d = _abs()
+    w = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in d.nets.state_dict().items()}, str(w))
+    d.load_weight_files({"weights": w})
+    x = _images(3)
+    logits = d.predict(x)
+    files = list((tmp_path / "cache" / "abs-candidates").glob("*.safetensors"))
+    assert files == [d.cache_file]
+    # a second process with the same weights reads the file instead of decoding again
+    e = _abs()
+    e.load_weight_files({"weights": w})
+    monkeypatch.setattr(e, "_build_cache", lambda: pytest.fail("decoded although cached"))
+    torch.testing.assert_close(e.predict(x), logits)
+    # other weights, other key; a damaged file is rebuilt, never trusted
+    f = _abs(beta=0.5)
+    f.load_weight_files({"weights": w})
+    assert f.cache_file != d.cache_file
+    d.cache_file.write_bytes(b"not a safetensors file")
+    g = _abs()
+    g.load_weight_files({"weights": w})
+    torch.testing.assert_close(g.predict(x), logits)
+    # weights changed in place: the cache file no longer applies
+    g.load_state_dict(g.state_dict())
+    assert g.cache_file is None

@@ -51,6 +51,8 @@ d score_k / dx = 2 (x - G_k(z*_k)) · scale_k / S (eq. 2.9).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -211,6 +213,9 @@ class ABSDefense(Defense):
         # latents (M, L), decoded images (K, M, D), their squared norms and prior terms (K, M).
         for name in ("_cand_z", "_cand_images", "_cand_sq", "_cand_prior"):
             self.register_buffer(name, None, persistent=False)
+        #: Where the decoded candidates are kept on disk (set from the verified weights by
+        #: :meth:`load_weight_files`; None: rebuilt in every process).
+        self.cache_file: Path | None = None
 
     # ----------------------------------------------------------------- weights and cache
     def load_weight_files(self, paths: Mapping[str, Path]) -> None:
@@ -237,6 +242,7 @@ class ABSDefense(Defense):
         except RuntimeError as e:
             raise ZooError(f"weights do not match the architecture: {str(e)[:400]}") from None
         self.clear_cache()
+        self.cache_file = self._cache_path(paths.values())
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
         out = super().load_state_dict(state_dict, strict=strict, assign=assign)
@@ -246,10 +252,66 @@ class ABSDefense(Defense):
     def clear_cache(self) -> None:
         """Forget the decoded candidates (call after changing the weights in place)."""
         self._cand_z = self._cand_images = self._cand_sq = self._cand_prior = None
+        self.cache_file = None  # the weights may have changed: never reuse a file for them
+
+    def _cache_path(self, weight_files: Any) -> Path:
+        """``<RGBENCH_CACHE>/abs-candidates/<key>.safetensors``, the key a sha256 of the weights
+        files' contents and every setting the candidates depend on."""
+        from robustgen_bench.zoo import cache_dir, sha256_file
+
+        c = self.cfg
+        h = hashlib.sha256()
+        for f in sorted(str(Path(f)) for f in weight_files):
+            h.update(sha256_file(Path(f)).encode())
+        h.update(repr((c.architecture, self.latent_dim, c.num_classes, c.aae, c.shared_encoder,
+                       c.n_init, c.candidate_keep, c.candidate_seed, c.beta,
+                       str(self._device()))).encode())
+        return cache_dir() / "abs-candidates" / f"{h.hexdigest()[:32]}.safetensors"
+
+    def _load_cached_candidates(self) -> bool:
+        """Fill the candidate cache from :attr:`cache_file`; False when there is none."""
+        if self.cache_file is None or not self.cache_file.is_file():
+            return False
+        from safetensors.torch import load_file
+
+        try:
+            t = load_file(str(self.cache_file), device=str(self._device()))
+        except Exception:  # noqa: BLE001 - a damaged cache file is rebuilt, never trusted
+            return False
+        self._cand_z, self._cand_images = t["z"], t["images"]
+        self._cand_sq, self._cand_prior = t["sq"], t["prior"]
+        return True
+
+    def _save_cached_candidates(self) -> None:
+        """Write the candidate cache (atomically; silently skipped where the cache is read-only)."""
+        if self.cache_file is None:
+            return
+        from safetensors.torch import save_file
+
+        tmp = self.cache_file.with_suffix(f".{os.getpid()}.tmp")
+        try:
+            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+            save_file({"z": self._cand_z.contiguous(), "images": self._cand_images.contiguous(),
+                       "sq": self._cand_sq.contiguous(), "prior": self._cand_prior.contiguous()},
+                      str(tmp))
+            os.replace(tmp, self.cache_file)
+        except OSError:
+            tmp.unlink(missing_ok=True)
 
     @torch.no_grad()
     def build_cache(self) -> None:
-        """Decode the ``n_init`` candidates once per class: (K, M, D) images and (K, M) terms."""
+        """Decode the ``n_init`` candidates once per class: (K, M, D) images and (K, M) terms.
+
+        Read from :attr:`cache_file` when an earlier process wrote it for the same weights and
+        settings (about 15 s of decoding saved per process), else built and written there.
+        """
+        if self._load_cached_candidates():
+            return
+        self._build_cache()
+        self._save_cached_candidates()
+
+    @torch.no_grad()
+    def _build_cache(self) -> None:
         z = sample_candidates(self.cfg.n_init, self.latent_dim, self.cfg.candidate_keep,
                               self.cfg.candidate_seed).to(self._device())
         images, priors = [], []
