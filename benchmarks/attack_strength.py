@@ -160,7 +160,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=25)
     ap.add_argument("--verify-draws", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, help="append the Markdown table here (and a .json beside)")
+    ap.add_argument("--out", type=Path, help="write the Markdown table here (and a .json beside)")
     ap.add_argument("--losses", default="ce,margin", help="comma-separated: ce, margin, dlr")
     ap.add_argument("--warm", type=int, metavar="K",
                     help="attack through the warm-started surrogate with K inner steps")
@@ -179,10 +179,9 @@ def main() -> None:
                                  args.random_start, tuple(args.losses.split(",")), warm)
         text = report(results, args)
         print(text, flush=True)
-    if args.out:
-        with args.out.open("a") as f:
-            f.write(text + "\n")
-        args.out.with_suffix(f".{args.threat}.json").write_text(json.dumps(results))
+        if args.out:  # after every model, so a stopped run keeps what it finished
+            args.out.write_text(text)
+            args.out.with_suffix(f".{args.threat}.json").write_text(json.dumps(results))
 
 
 if __name__ == "__main__":
