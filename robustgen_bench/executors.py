@@ -20,6 +20,7 @@ import torch
 
 from robustgen_bench.attacks.spec import AttackSpec
 from robustgen_bench.attacks.verification import majority_vote, predict_draws
+from robustgen_bench.device import fork_rng
 from robustgen_bench.errors import RuntimeFailure, UserInputError
 from robustgen_bench.store import ResultRow
 
@@ -53,6 +54,8 @@ class BatchTask:
     clean_seed: int
     verify_draws: int
     keep_adv: bool
+    #: Where the batch runs ("cpu", "cuda", "cuda:1"); rows come back on the CPU.
+    device: str = "cpu"
 
 
 @dataclass(frozen=True)
@@ -70,20 +73,20 @@ class BatchResult:
 _CACHE: dict[str, tuple[str, Any, Any]] = {}
 
 
-def _defense(model: str, fingerprint: str) -> tuple[Any, Any]:
+def _defense(model: str, fingerprint: str, device: str = "cpu") -> tuple[Any, Any]:
     from robustgen_bench.zoo import build_defense, get_entry
 
     hit = _CACHE.get(model)
-    if hit is not None and hit[0] == fingerprint:
+    if hit is not None and hit[0] == f"{fingerprint}@{device}":
         return hit[1], hit[2]
     entry = get_entry(model)
     if entry.fingerprint() != fingerprint:
         raise RuntimeFailure(f"{model}: this worker's zoo entry ({entry.entry_file}) differs from "
                              "the one the run was planned with (weights, config or adaptive "
                              "hook); every node needs the same model_zoo/")
-    defense = build_defense(entry)
+    defense = build_defense(entry).to(torch.device(device))
     _CACHE.clear()
-    _CACHE[model] = (fingerprint, defense, entry.adaptive)
+    _CACHE[model] = (f"{fingerprint}@{device}", defense, entry.adaptive)
     return defense, entry.adaptive
 
 
@@ -91,13 +94,15 @@ def run_task(task: BatchTask) -> BatchResult:
     """Run one batch: clean predictions, or one attack with its invariants; returns the rows."""
     from robustgen_bench.attacks import make_attack
 
-    defense, adaptive = _defense(task.model, task.entry_fingerprint)
+    device = torch.device(task.device)
+    defense, adaptive = _defense(task.model, task.entry_fingerprint, task.device)
+    x, y = task.x.to(device), task.y.to(device)
     t0 = time.perf_counter()
     if task.attack is None:
-        with torch.random.fork_rng(devices=[]):
+        with fork_rng(device):
             torch.manual_seed(task.clean_seed)
             n_draws = task.verify_draws if adaptive.randomized else 1
-            draws = predict_draws(defense, task.x, n_draws)
+            draws = predict_draws(defense, x, n_draws)
         # Same verdict rule as attacks: majority of draws, ties to the true label.
         pred = majority_vote(draws, task.y)
         rows = [ResultRow(sample_index=i, label=int(task.y[j]), clean_pred=int(pred[j]),
@@ -109,7 +114,7 @@ def run_task(task: BatchTask) -> BatchResult:
     attack = make_attack(task.attack)
     # The attack seeds itself from its seed and the batch's sample indices, so the batch sees the
     # same randomness in any process and after any resume.
-    rows = attack(defense, adaptive, task.x, task.y, list(task.indices), task.clean_pred)
+    rows = attack(defense, adaptive, x, y, list(task.indices), task.clean_pred.to(device))
     x_adv = attack.last_x_adv if task.keep_adv else None
     return BatchResult(task, rows, time.perf_counter() - t0, x_adv)
 
@@ -152,7 +157,7 @@ class RayExecutor:
     """
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None,
-                 in_flight: int | None = None) -> None:
+                 in_flight: int | None = None, gpu_fraction: float = 0.25) -> None:
         try:
             import ray
         except ModuleNotFoundError as e:
@@ -172,6 +177,9 @@ class RayExecutor:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.in_flight = in_flight or 2 * cpus
         self._remote = ray.remote(num_cpus=1, max_retries=0)(_ray_run_task)
+        # Batches for a CUDA device ask Ray for a GPU (a fraction, so that several share one).
+        self._remote_gpu = ray.remote(num_cpus=1, num_gpus=gpu_fraction, max_retries=0)(
+            _ray_run_task)
 
     def map(self, tasks: Iterable[BatchTask]) -> Iterator[BatchResult]:
         ray = self._ray
@@ -185,7 +193,9 @@ class RayExecutor:
                     if t is None:
                         exhausted = True
                     else:
-                        pending.append(self._remote.remote(t))
+                        remote = self._remote_gpu if t.device.startswith("cuda") else self._remote
+                        # a Ray worker picks its own GPU: "cuda" (no index) on the worker
+                        pending.append(remote.remote(t))
                 if not pending:
                     return
                 ready, pending = ray.wait(pending, num_returns=1)

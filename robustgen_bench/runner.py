@@ -26,6 +26,7 @@ import torch
 from robustgen_bench.attacks.spec import AttackSpec
 from robustgen_bench.config import Suite
 from robustgen_bench.data import EvalSubset, load_subset
+from robustgen_bench.device import device_type
 from robustgen_bench.executors import BatchTask, Executor, LocalExecutor
 from robustgen_bench.store import CellInfo, ResultRow, ResultStore, read_results, write_manifest
 from robustgen_bench.zoo import ZooEntry, get_entry
@@ -54,9 +55,11 @@ def _weights_fingerprint(entry: ZooEntry) -> list[str]:
     return [w.sha256 for w in entry.weights]
 
 
-def cell_key(entry: ZooEntry, suite: Suite, attack: AttackSpec | None) -> str:
-    """sha256 of the cell's canonical config (model, its weights and config, data, attack)."""
-    canon = {
+def cell_key(entry: ZooEntry, suite: Suite, attack: AttackSpec | None,
+             device: str = "cpu") -> str:
+    """sha256 of the cell's canonical config (model, its weights and config, data, attack, and
+    the device type when it is not the CPU: GPU rows may differ by floating-point noise)."""
+    canon: dict[str, object] = {
         "model": entry.id,
         "weights": _weights_fingerprint(entry),
         "model_config": dict(entry.config),
@@ -66,17 +69,19 @@ def cell_key(entry: ZooEntry, suite: Suite, attack: AttackSpec | None) -> str:
         "attack": None if attack is None else attack.canonical(),
         "clean_verify_draws": suite.run.verify_draws,
     }
+    if device_type(device) != "cpu":
+        canon["device"] = device_type(device)
     return hashlib.sha256(json.dumps(canon, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def plan(suite: Suite) -> list[Cell]:
+def plan(suite: Suite, device: str = "cpu") -> list[Cell]:
     """Every cell of the suite: per model, its clean cell first, then each attack budget."""
     cells: list[Cell] = []
     for mid in suite.models:
         entry = get_entry(mid)
-        cells.append(Cell(mid, None, cell_key(entry, suite, None)))
+        cells.append(Cell(mid, None, cell_key(entry, suite, None, device)))
         for a in suite.attacks:
-            cells.append(Cell(mid, a, cell_key(entry, suite, a)))
+            cells.append(Cell(mid, a, cell_key(entry, suite, a, device)))
     return cells
 
 
@@ -106,7 +111,7 @@ def _versions() -> dict[str, str]:
 
 def manifest(suite: Suite, subset: EvalSubset, entries: dict[str, ZooEntry],
              timings: dict[str, float], cells: list[Cell],
-             executor: Executor | None = None) -> dict[str, Any]:
+             executor: Executor | None = None, device: str = "cpu") -> dict[str, Any]:
     """Provenance of a run: code, versions, weights, suite, seeds, samples, machine, timings."""
     return {
         "suite": suite.canonical(),
@@ -115,6 +120,8 @@ def manifest(suite: Suite, subset: EvalSubset, entries: dict[str, ZooEntry],
         "command_line": {"set": list(suite.overrides), "limit": suite.limit},
         # Where the batches ran; it does not enter any cell key (rows are the same everywhere).
         "executor": repr(executor or LocalExecutor()),
+        # The device does enter the cell keys of non-CPU runs (GPU rows may differ by round-off).
+        "device": device,
         "git_commit": _git_commit(),
         "versions": _versions(),
         "models": [{"id": e.id, "name": e.name, "family": e.family or e.builder,
@@ -145,7 +152,8 @@ class _NullProgress:
 
 
 def run_suite(suite: Suite, run_dir: str | Path, *, data_dir: str | Path | None = None,
-              progress: ProgressFactory | None = None, executor: Executor | None = None) -> Path:
+              progress: ProgressFactory | None = None, executor: Executor | None = None,
+              device: str = "cpu") -> Path:
     """Execute every pending cell of ``suite`` into ``run_dir``; returns the run directory.
 
     ``progress(label, total, done)`` returns an object with ``advance(n)`` and ``close()``.
@@ -159,27 +167,28 @@ def run_suite(suite: Suite, run_dir: str | Path, *, data_dir: str | Path | None 
     run_dir = Path(run_dir)
     subset = load_subset(suite.dataset.name, suite.dataset.split, suite.dataset.n,
                          suite.dataset.seed, data_dir)
-    cells = plan(suite)
+    cells = plan(suite, device)
     entries = {m: get_entry(m) for m in suite.models}
     executor = executor or LocalExecutor()
     store = ResultStore(run_dir)
     try:
         write_manifest(run_dir, manifest(suite, subset, entries, store.cell_seconds(), cells,
-                                         executor))
+                                         executor, device))
         batches = _batches(len(subset.y), suite.run.batch_size)
         bars = _Bars(progress, store, len(subset.y))
         clean_cells = [c for c in cells if c.attack is None]
         attack_cells = [c for c in cells if c.attack is not None]
         tasks = (t for c in clean_cells
-                 for t in _tasks([c], entries[c.model], suite, subset, batches, store, None, bars))
+                 for t in _tasks([c], entries[c.model], suite, subset, batches, store, None, bars,
+                                 device))
         _drain(executor, bars.opening(tasks), store, bars, cells, subset, run_dir, suite)
         clean_pred = {c.model: _clean_predictions(store, c, subset) for c in clean_cells}
         tasks = (t for m in suite.models
                  for t in _tasks([c for c in attack_cells if c.model == m], entries[m], suite,
-                                 subset, batches, store, clean_pred[m], bars))
+                                 subset, batches, store, clean_pred[m], bars, device))
         _drain(executor, bars.opening(tasks), store, bars, cells, subset, run_dir, suite)
         write_manifest(run_dir, manifest(suite, subset, entries, store.cell_seconds(), cells,
-                                         executor))
+                                         executor, device))
     finally:
         store.close()
     return run_dir
@@ -187,7 +196,7 @@ def run_suite(suite: Suite, run_dir: str | Path, *, data_dir: str | Path | None 
 
 def _tasks(cells: list[Cell], entry: ZooEntry, suite: Suite, subset: EvalSubset,
            batches: list[range], store: ResultStore, clean_pred: torch.Tensor | None,
-           bars: _Bars) -> Iterator[BatchTask]:
+           bars: _Bars, device: str = "cpu") -> Iterator[BatchTask]:
     """The batches of one model's ``cells`` not fully stored yet, batch-major (registers cells)."""
     fingerprint = entry.fingerprint()
     batch_indices = [tuple(int(subset.indices[i]) for i in b) for b in batches]
@@ -209,7 +218,8 @@ def _tasks(cells: list[Cell], entry: ZooEntry, suite: Suite, subset: EvalSubset,
                 clean_pred=None if clean_pred is None else clean_pred[idx],
                 clean_seed=_batch_seed(suite.dataset.seed, b.start),
                 verify_draws=suite.run.verify_draws,
-                keep_adv=cell.attack is not None and b.start == 0 and suite.run.save_examples > 0)
+                keep_adv=cell.attack is not None and b.start == 0 and suite.run.save_examples > 0,
+                device=device)
 
 
 def _drain(executor: Executor, tasks: Iterator[BatchTask], store: ResultStore, bars: _Bars,

@@ -37,6 +37,7 @@ from robustgen_bench.attacks.params import Param, resolve_params
 from robustgen_bench.attacks.spec import AttackSpec
 from robustgen_bench.attacks.verification import majority_vote, predict_draws
 from robustgen_bench.defenses.base import Defense
+from robustgen_bench.device import fork_rng
 from robustgen_bench.errors import ConfigError
 from robustgen_bench.store import ResultRow
 from robustgen_bench.threat import Threat
@@ -180,7 +181,7 @@ class Attack(ABC):
             model: nn.Module = surrogate
             if self.params.get("logit_scale") == "standardized":
                 model = StandardizedLogits(model)
-            with torch.random.fork_rng(devices=[]), _attack_mode(defense):
+            with fork_rng(x.device), _attack_mode(defense):
                 torch.manual_seed(_batch_seed(self.spec.seed, indices))
                 for _ in range(self.rounds()):
                     todo = attacked if self.MINIMAL_NORM else torch.tensor(

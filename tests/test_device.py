@@ -1,0 +1,79 @@
+"""Device plumbing: --device values, cell keys, and the same rows wherever a batch runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from robustgen_bench.config import load_suite
+from robustgen_bench.device import resolve_device
+from robustgen_bench.errors import UserInputError
+from robustgen_bench.runner import plan, run_suite
+from robustgen_bench.store import read_manifest, read_results
+
+SUITE = """\
+name: dev
+dataset: {name: mnist, split: test, n: 6, seed: 1}
+models: [mnist/tiny-cnn, mnist/tiny-noisy]
+run: {batch_size: 3, verify_draws: 3}
+attacks:
+  - {id: pgd, library: foolbox, attack: LinfPGD, threat: linf, epsilon: 0.3, steps: 3}
+"""
+
+
+def test_device_values() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    for bad in ("gpu", "cuda:x", "tpu"):
+        with pytest.raises(UserInputError) as e:
+            resolve_device(bad)
+        assert e.value.key == "--device"
+    if not torch.cuda.is_available():
+        with pytest.raises(UserInputError, match="no CUDA device"):
+            resolve_device("cuda")
+
+
+def test_cpu_keys_are_unchanged_and_other_devices_get_their_own(tmp_zoo, tmp_path: Path) -> None:
+    p = tmp_path / "s.yaml"
+    p.write_text(SUITE)
+    s = load_suite(p)
+    cpu = [c.key for c in plan(s)]
+    assert [c.key for c in plan(s, "cpu")] == cpu
+    assert set(c.key for c in plan(s, "cuda")).isdisjoint(cpu)
+    assert [c.key for c in plan(s, "cuda:0")] == [c.key for c in plan(s, "cuda")]
+
+
+def _run(tmp_path: Path, device: str) -> tuple:
+    p = tmp_path / "s.yaml"
+    p.write_text(SUITE)
+    out = run_suite(load_suite(p), tmp_path / f"run-{device.replace(':', '')}", device=device)
+    df = read_results(out).sort_values(["model", "attack", "sample_index"])
+    return df, read_manifest(out)
+
+
+def test_explicit_cpu_device_gives_the_default_rows(tmp_zoo, tmp_path: Path) -> None:
+    default = run_suite(load_suite(_write(tmp_path)), tmp_path / "default")
+    df_cpu, manifest = _run(tmp_path, "cpu")
+    df_default = read_results(default).sort_values(["model", "attack", "sample_index"])
+    cols = ["cell_key", "sample_index", "adv_pred", "adv_correct", "distance"]
+    assert df_cpu[cols].reset_index(drop=True).equals(df_default[cols].reset_index(drop=True))
+    assert manifest["device"] == "cpu"
+
+
+def _write(tmp_path: Path) -> Path:
+    p = tmp_path / "s.yaml"
+    p.write_text(SUITE)
+    return p
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_rows_match_cpu_rows_up_to_round_off(tmp_zoo, tmp_path: Path) -> None:
+    df_cpu, _ = _run(tmp_path, "cpu")
+    df_gpu, manifest = _run(tmp_path, "cuda")
+    assert manifest["device"] == "cuda"
+    det_cpu = df_cpu[df_cpu.model == "mnist/tiny-cnn"].reset_index(drop=True)
+    det_gpu = df_gpu[df_gpu.model == "mnist/tiny-cnn"].reset_index(drop=True)
+    # deterministic model: the same verdicts except possibly a borderline sample
+    assert (det_cpu.adv_correct == det_gpu.adv_correct).mean() >= 0.9
