@@ -125,6 +125,15 @@ def _register_optional() -> None:
     except ModuleNotFoundError as e:
         if e.name not in ("robustgen_bench.report.cli_table", "robustgen_bench.report"):
             raise
+    try:
+        from robustgen_bench.report.cli_site import leaderboard_command, site_command
+
+        app.command("leaderboard", help="Write committed boards (Markdown + LaTeX) from stored runs.")(
+            leaderboard_command)
+        app.command("site", help="Write a static leaderboard site from runs or boards.")(site_command)
+    except ModuleNotFoundError as e:
+        if e.name not in ("robustgen_bench.report.cli_site", "robustgen_bench.report"):
+            raise
 
 
 _register_optional()
