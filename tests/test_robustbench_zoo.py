@@ -182,5 +182,52 @@ def test_vrs_over_a_robustbench_base(rb_zoo, rb_model) -> None:
     vrs = build_defense(get_entry("cifar10/vrs-rb-r18", root))
     torch.testing.assert_close(vrs.base.predict(torch.zeros(1, 3, 32, 32)),
                                rb_model(torch.zeros(1, 3, 32, 32)).detach(), rtol=0, atol=1e-5)
-    out = vrs.predict(torch.rand(2, 3, 32, 32))
-    assert out.shape == (2, 10) and torch.isfinite(out).all()
+    out = vrs.predict(torch.rand(1, 3, 32, 32))
+    assert out.shape == (1, 10) and torch.isfinite(out).all()
+
+
+def test_zoo_check_suite_run_and_model_card(rb_zoo, rb_model, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The entry works where any entry does: `rgbench zoo check`, a suite run, a model card.
+
+    There is no CIFAR-10 here: a stand-in test split of 16 random 32x32 images, labelled with the
+    model's own predictions except the last 4 (so clean accuracy is 75%).
+    """
+    import json
+
+    import robustgen_bench.data as data_mod
+    from robustgen_bench.config import load_suite
+    from robustgen_bench.model_cards import model_cards
+    from robustgen_bench.runner import run_suite
+    from robustgen_bench.zoo_check import check_entries
+
+    root, cache, path = rb_zoo
+    x = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        y = rb_model(x).argmax(1)
+    y[12:] = (y[12:] + 1) % 10
+    monkeypatch.setattr(data_mod, "load_tensors", lambda name, split, root=None: (x, y))
+    entry_file = root / "cifar10" / "rb-r18" / "entry.yaml"
+    entry_file.write_text(entry_file.read_text()
+                          + "measured: {clean_accuracy: 0.75, n: 16, split: test}\n"
+                          + "architecture: ResNet-18\nvenue: arXiv 2021\nadditional_data: true\n")
+    report = check_entries(["cifar10/rb-r18"], n=16, root=root)
+    assert report.ok, [(r.check, r.message) for r in report.failures]
+    assert [r.check for r in report.results] == ["schema", "sha256", "load", "clean_accuracy",
+                                                  "gradient", "randomness"]
+
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(
+        "name: rb-e2e\ndataset: {name: cifar10, split: test, n: 8, seed: 0}\n"
+        "models: [cifar10/rb-r18]\nrun: {batch_size: 8}\nattacks:\n"
+        "  - {id: pgd, library: foolbox, attack: LinfPGD, threat: linf, epsilon: 8/255, steps: 2,"
+        " rel_stepsize: 0.5}\n")
+    run = run_suite(load_suite(suite), tmp_path / "run")
+    cards = model_cards(run)
+    card = cards["cifar10/Linf/Sehwag2021Proxy_R18.json"]
+    assert card["eps"] == "8/255" and card["architecture"] == "ResNet-18"
+    assert card["additional_data"] is True and card["autoattack_acc"] == ""  # no AutoAttack cell
+    idx = torch.as_tensor(json.loads((run / "manifest.json").read_text())["dataset"]["indices"])
+    with torch.no_grad():
+        expected = (rb_model(x[idx]).argmax(1) == y[idx]).float().mean().item()
+    assert card["clean_acc"] == f"{100 * expected:.2f}"
