@@ -231,3 +231,27 @@ def test_zoo_check_suite_run_and_model_card(rb_zoo, rb_model, tmp_path: Path,
     with torch.no_grad():
         expected = (rb_model(x[idx]).argmax(1) == y[idx]).float().mean().item()
     assert card["clean_acc"] == f"{100 * expected:.2f}"
+
+
+def test_download_helper_writes_the_offline_layout(rb_model, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """`python -m robustgen_bench.defenses.robustbench_zoo download NAME` (its network call faked)."""
+    import robustbench.utils
+
+    from robustgen_bench.defenses import robustbench_zoo
+
+    calls = []
+
+    def fake(gid, dest):
+        calls.append(gid)
+        torch.save(rb_model.state_dict(), dest)
+
+    monkeypatch.setattr(robustbench.utils, "download_gdrive_new", fake)
+    monkeypatch.setenv("RGBENCH_WEIGHTS", str(tmp_path / "w"))
+    assert robustbench_zoo.main(["download", NAME]) == 0
+    path = tmp_path / "w" / DATASET / THREAT / f"{NAME}.pt"
+    out = capsys.readouterr().out
+    assert str(path) in out and hashlib.sha256(path.read_bytes()).hexdigest() in out
+    assert len(calls) == 1 and isinstance(calls[0], str)
+    robustbench_zoo.main(["download", NAME])  # present: not fetched again
+    assert len(calls) == 1

@@ -124,7 +124,7 @@ def _registry_entry(name: str, dataset: str, threat: str) -> dict:
 
 def architecture(name: str, dataset: str, threat: str) -> nn.Module:
     """The untrained architecture RobustBench's registry (or timm, as RobustBench does) builds."""
-    rb = import_robustbench()
+    import_robustbench()
     import timm
 
     timm_name = f"{name.lower().replace('-', '_')}_{dataset}_{threat.lower()}"
@@ -132,8 +132,8 @@ def architecture(name: str, dataset: str, threat: str) -> nn.Module:
         return timm.create_model(timm_name, num_classes=DATASETS[dataset], pretrained=False)
     spec = _registry_entry(name, dataset, threat)
     if isinstance(spec.get("gdrive_id"), list):
-        raise ValueError(f"{name} is an ensemble of several checkpoints (robustbench "
-                         f"{rb.__name__}); only single-checkpoint models are supported")
+        raise ValueError(f"{name} is an ensemble of several checkpoints; only single-checkpoint "
+                         "RobustBench models are supported")
     return spec["model"]()
 
 
