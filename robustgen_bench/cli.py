@@ -83,14 +83,21 @@ def status(
 @app.command()
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A run directory (holds results.sqlite).")],
-    format: Annotated[str, typer.Option("--format", help="Only csv.")] = "csv",
-    out: Annotated[Optional[Path], typer.Option(help="Output file (default: stdout).")] = None,
+    format: Annotated[str, typer.Option("--format", help="csv (per-sample rows) or robustbench (model cards).")] = "csv",
+    out: Annotated[Optional[Path], typer.Option(help="Output file (default: stdout); a folder for robustbench.")] = None,
+    threat: Annotated[Optional[str], typer.Option(help="robustbench: linf or l2 (default: the AutoAttack cells').")] = None,
+    epsilon: Annotated[Optional[str], typer.Option(help="robustbench: the budget, e.g. 8/255 (default: the AutoAttack cells').")] = None,
 ) -> None:
-    """Write the per-sample rows of RUN_DIR."""
+    """Write the per-sample rows of RUN_DIR, or RobustBench model cards (--format robustbench)."""
     from robustgen_bench.export import export_csv
 
+    if format == "robustbench":
+        from robustgen_bench.model_cards import export_command
+
+        export_command(run_dir, out, threat, epsilon, console=err_console)
+        return
     if format != "csv":
-        raise UserInputError(f"unknown format {format!r}; expected 'csv'", key="--format")
+        raise UserInputError(f"unknown format {format!r}; expected 'csv' or 'robustbench'", key="--format")
     text = export_csv(run_dir)
     if out is None:
         sys.stdout.write(text)
@@ -117,6 +124,15 @@ def _register_optional() -> None:
             table_command)
     except ModuleNotFoundError as e:
         if e.name not in ("robustgen_bench.report.cli_table", "robustgen_bench.report"):
+            raise
+    try:
+        from robustgen_bench.report.cli_site import leaderboard_command, site_command
+
+        app.command("leaderboard", help="Write committed boards (Markdown + LaTeX) from stored runs.")(
+            leaderboard_command)
+        app.command("site", help="Write a static leaderboard site from runs or boards.")(site_command)
+    except ModuleNotFoundError as e:
+        if e.name not in ("robustgen_bench.report.cli_site", "robustgen_bench.report"):
             raise
 
 

@@ -92,6 +92,22 @@ def measure_command(
     console.print(f"{entry_id}: clean accuracy {acc:.4f} on the first {n} test images (recorded)")
 
 
+@zoo_app.command("new")
+def new_command(
+    entry_id: Annotated[str, typer.Argument(help="DATASET/NAME of the new entry, e.g. mnist/my-defense.")],
+    family: Annotated[Optional[str], typer.Option(help="A registered family (rgbench zoo list shows them in use).")] = None,
+    builder: Annotated[bool, typer.Option("--builder", help="Your own model.py (builder: model:build).")] = False,
+    root: Annotated[Optional[Path], typer.Option(help="Zoo root (else $RGBENCH_ZOO or model_zoo/).")] = None,
+) -> None:
+    """Scaffold a zoo entry (entry.yaml, README.md, model.py for --builder); see docs/SUBMITTING.md."""
+    from robustgen_bench.zoo_new import new_entry
+
+    paths = new_entry(entry_id, family=family, builder=builder, root=root)  # UserInputError: exit 2
+    for p in paths:
+        console.print(f"wrote {p}", highlight=False)
+    console.print(f"next: fill in the TODOs, then `rgbench zoo check {entry_id}` (docs/SUBMITTING.md)")
+
+
 def train_command(
     entry_id: Annotated[str, typer.Argument(help="Zoo entry id, e.g. mnist/cnn.")],
     epochs: Annotated[Optional[int], typer.Option(help="Total epochs (default: train.epochs).")] = None,

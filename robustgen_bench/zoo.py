@@ -27,7 +27,9 @@ from robustgen_bench.errors import ZooError, did_you_mean
 ENTRY_KEYS = {
     "id", "name", "family", "builder", "dataset", "config", "weights", "adaptive",
     "measured", "claimed", "train", "description", "base", "cache_dir",
-}
+} | {"link", "authors", "venue", "architecture", "additional_data", "number_forward_passes"}
+#: Optional publication metadata (model cards, ``rgbench export --format robustbench``, the site).
+META_KEYS = ("link", "authors", "venue", "architecture", "additional_data", "number_forward_passes")
 WEIGHT_KEYS = {"file", "sha256", "url", "role"}
 ADAPTIVE_KEYS = {"gradient", "randomized", "eot"}
 
@@ -84,6 +86,7 @@ class ZooEntry:
     train: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     base: str | None = None
     cache_dir: str | None = None
+    meta: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def entry_file(self) -> Path:
@@ -104,6 +107,10 @@ class ZooEntry:
 
     def weight_path(self, w: WeightsFile) -> Path:
         """Where ``w`` lives locally: beside the entry, or in the weights cache."""
+        if self.family == "robustbench":  # RobustBench's offline layout <dataset>/<threat>/<name>.pt
+            from robustgen_bench.defenses.robustbench_zoo import checkpoint_path
+
+            return checkpoint_path(self, w)
         if w.url is None:
             return self.path / w.file
         return weights_cache() / (self.cache_dir or self.id.replace("/", "_")) / w.file
@@ -186,6 +193,15 @@ def parse_entry(entry_file: Path, root: Path | None = None) -> ZooEntry:
     for k in ("measured", "train"):
         if k in raw and not isinstance(raw[k], dict):
             raise _err(entry_file, k, "expected a mapping")
+    for k in META_KEYS:
+        if k == "additional_data":
+            if k in raw and not isinstance(raw[k], bool):
+                raise _err(entry_file, k, "expected true or false (trained with extra data)")
+        elif k == "number_forward_passes":
+            if k in raw and (not isinstance(raw[k], int) or isinstance(raw[k], bool) or raw[k] < 1):
+                raise _err(entry_file, k, "expected a positive integer")
+        elif k in raw and not isinstance(raw[k], str):
+            raise _err(entry_file, k, "expected a string")
     return ZooEntry(
         id=raw["id"], name=raw["name"], dataset=raw["dataset"], family=raw.get("family"),
         builder=raw.get("builder"), config=MappingProxyType(dict(config)), weights=tuple(weights),
@@ -193,6 +209,8 @@ def parse_entry(entry_file: Path, root: Path | None = None) -> ZooEntry:
         path=entry_file.parent, measured=MappingProxyType(dict(raw.get("measured") or {})),
         train=MappingProxyType(dict(raw.get("train") or {})), base=raw.get("base"),
         cache_dir=raw.get("cache_dir"),
+        meta=MappingProxyType({k: raw[k] for k in (*META_KEYS, "description", "claimed")
+                               if k in raw}),
     )
 
 
@@ -235,7 +253,9 @@ def fetch_weights(entry: ZooEntry) -> dict[str, Path]:
         p = entry.weight_path(w)
         if not p.is_file():
             if w.url is None:
-                raise ZooError(f"weights file missing: {p}", file=entry.entry_file, key="weights")
+                hint = ("; with internet access: python -m robustgen_bench.defenses.robustbench_zoo "
+                        "download <name> (see docs/SUBMITTING.md)") if entry.family == "robustbench" else ""
+                raise ZooError(f"weights file missing: {p}{hint}", file=entry.entry_file, key="weights")
             if os.environ.get("RGBENCH_NO_DOWNLOAD"):
                 raise ZooError(f"{w.file} is not in the weights cache ({p.parent}) and downloads are "
                                "off (RGBENCH_NO_DOWNLOAD); point RGBENCH_WEIGHTS at a folder holding "

@@ -122,7 +122,8 @@ def check_entry(entry_id: str, report: CheckReport, n: int, root: Path,
     def clean() -> tuple[bool, str]:
         measured = entry.measured.get("clean_accuracy")
         if not isinstance(measured, (int, float)) or isinstance(measured, bool):
-            raise ZooError("expected a number (the measured clean accuracy)",
+            raise ZooError("expected a number (the measured clean accuracy; "
+                           f"`rgbench zoo measure {entry.id}` records it)",
                            file=entry.entry_file, key="measured.clean_accuracy")
         x, y = data(entry.dataset)
         x, y = x[:n], y[:n]

@@ -197,7 +197,7 @@ def test_leaderboard_files_name_their_command(tmp_path: Path) -> None:
     assert main([str(run), "--out", str(tmp_path / "lb")]) == 0
     md = (tmp_path / "lb" / "small.md").read_text().splitlines()
     tex = (tmp_path / "lb" / "small.tex").read_text().splitlines()
-    cmd = f"python -m robustgen_bench.report.leaderboard {run.as_posix()} --out {(tmp_path / 'lb').as_posix()}"
+    cmd = f"rgbench leaderboard {run.as_posix()} --out {(tmp_path / 'lb').as_posix()}"
     assert cmd in md[0] and md[0].startswith("<!--") and cmd in tex[0] and tex[0].startswith("%")
     assert render_table([run], "md").splitlines()[0] in md  # the same table as `rgbench table`
     assert r"\toprule" in tex and "## Closest adversarial distances (mean / median)" in md

@@ -24,6 +24,7 @@ _FAMILY_MODULES = (
     "robustgen_bench.defenses.abs",
     "robustgen_bench.defenses.vrs",
     "robustgen_bench.defenses.gan_abs",
+    "robustgen_bench.defenses.robustbench_zoo",  # imports robustbench only when an entry is built
 )
 
 
