@@ -67,7 +67,8 @@ def build(config, *, entry=None):
 '''
 
 
-def write_entry(root: Path, model: torch.nn.Module, name: str, kind: str) -> None:
+def write_entry(root: Path, model: torch.nn.Module, name: str, kind: str,
+                randomized: bool = False) -> None:
     folder = root / "mnist" / name
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model.py").write_text(MODEL_PY)
@@ -77,7 +78,8 @@ def write_entry(root: Path, model: torch.nn.Module, name: str, kind: str) -> Non
     (folder / "entry.yaml").write_text(
         f"id: mnist/{name}\nname: {name}\nbuilder: model:build\ndataset: mnist\n"
         f"config: {{kind: {kind}}}\nweights: {{file: weights.safetensors, sha256: {sha}}}\n"
-        "adaptive: {gradient: exact, randomized: false, eot: 1}\n")
+        f"adaptive: {{gradient: exact, randomized: {str(randomized).lower()}, "
+        f"eot: {2 if randomized else 1}}}\n")
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +88,7 @@ def zoo(tmp_path_factory, tiny_cnn) -> Path:
     for name, kind in [("honest", "honest"), ("quantized", "quantized"),
                        ("probabilities", "probabilities"), ("noisy-declared-det", "noisy")]:
         write_entry(root, tiny_cnn, name, kind)
+    write_entry(root, tiny_cnn, "noisy", "noisy", randomized=True)
     return root
 
 
@@ -251,12 +254,27 @@ def test_library_success_without_adversarial_fires_silent(tmp_path) -> None:
     assert main(["checks", str(tmp_path / "run")]) == 1
 
 
-def test_honest_run_exits_zero_and_checks_can_be_turned_off(tmp_path) -> None:
+def test_declared_randomized_model_gets_draw_and_eot_probes(tmp_path) -> None:
+    suite = load_suite(write_suite(tmp_path / "s.yaml", ["mnist/noisy"], [PGD],
+                                   "checks: {subsample: 8, skip: [transfer]}\n", n=8))
+    run_suite(suite, tmp_path / "run")
+    res = by(run_checks(tmp_path / "run"))
+    rnd = res[("noisy", "randomness")]
+    assert rnd.figure.startswith("randomized:") and rnd.detail["probe"]["draws"] == 3
+    assert rnd.detail["stored"]["rows"] > 0
+    labels = [v["variant"] for v in res[("noisy", "convergence")].detail["variants"]]
+    assert labels == ["2x steps (40)", "2x EOT (4) and verify draws (6)"]
+
+
+def test_honest_run_exits_zero_and_checks_can_be_turned_off(tmp_path, capsys) -> None:
     from robustgen_bench.cli import main
 
-    suite = load_suite(write_suite(tmp_path / "s.yaml", ["mnist/honest"], [PGD],
-                                   "checks: {subsample: 8, transfer_from: null}\n", n=8))
-    run_suite(suite, tmp_path / "run")
+    suite = write_suite(tmp_path / "s.yaml", ["mnist/honest"], [PGD],
+                        "checks: {subsample: 8, transfer_from: null}\n", n=8)
+    assert main(["run", str(suite), "--run-dir", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "attack-failure checks" in out.lower() and "wrote" in out
+    assert "Every attack-failure check passed." in (tmp_path / "run" / "caption.txt").read_text()
     assert main(["checks", str(tmp_path / "run")]) == 0
     off = load_suite(write_suite(tmp_path / "off.yaml", ["mnist/honest"], [PGD],
                                  "checks: false\n", n=8))
