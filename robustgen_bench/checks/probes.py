@@ -122,8 +122,15 @@ def run_attack(spec: AttackSpec, defense: Defense, adaptive: AdaptiveSpec, x: to
 
 def unbounded(spec: AttackSpec, defense: Defense, adaptive: AdaptiveSpec, x: torch.Tensor,
               y: torch.Tensor, indices: Sequence[int]) -> dict[str, Any]:
+    from robustgen_bench.attacks import get_attack_class
+
     eps = unbounded_epsilon(spec.threat, x)
-    robust, _ = run_attack(replace(spec, epsilon=eps), defense, adaptive, x, y, indices)
+    spec = replace(spec, epsilon=eps)
+    # A random start in a ball this large is a random image, which breaks any classifier
+    # without a single gradient step: the probe tests the attack's steps, so start at x.
+    if "random_start" in get_attack_class(spec.library, spec.attack).PARAMS:
+        spec = _with_params(spec, random_start=False)
+    robust, _ = run_attack(spec, defense, adaptive, x, y, indices)
     return {"attack": spec.id, "epsilon": eps, "samples": int(len(y)),
             "survivors": int(robust.sum())}
 
