@@ -56,7 +56,7 @@ def run(
         from robustgen_bench.checks.run import run_checks
 
         console.print(f"attack-failure checks (subsample {s.checks.subsample}; "
-                      "suite key checks: turns them off)")
+                      "`checks: false` in the suite turns them off)")
         run_checks(out, data_dir=data_dir, log=lambda m: console.print(f"  {m}", highlight=False))
     _report(out)
 

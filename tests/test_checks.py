@@ -380,3 +380,22 @@ def test_caption_sentence() -> None:
     assert caption_sentence([ok, bad], display=str.upper) == (
         "Attack-failure checks raised a warning for the evaluation of B (unbounded); their "
         "robust accuracy may be overestimated.")
+
+
+def test_counters_are_stored_once_per_batch_and_checks_keyed_to_cells(tmp_path) -> None:
+    from robustgen_bench.checks.storage import current_checks, read_checks, write_check
+    from robustgen_bench.store import CellInfo, ResultRow, ResultStore
+
+    cell = CellInfo("k1", "m", "a", "linf", 0.3, False, {}, "h")
+    rows = [ResultRow(i, 1, 1, 1, True, None, (1,)) for i in range(3)]
+    with ResultStore(tmp_path) as store:
+        store.ensure_cell(cell)
+        store.add_results(cell, rows, counters={"flagged_rejected": 2, "unperturbed": 1})
+        store.add_results(cell, rows, counters={"flagged_rejected": 2, "unperturbed": 1})  # resumed
+    assert read_cell_counters(tmp_path) == {"k1": {"flagged_rejected": 2, "unperturbed": 1,
+                                                   "batches": 1}}
+    write_check(tmp_path, "x", CheckResult("silent", "m", "linf", "warn", "f", {"n": 1}, ("k1",)))
+    write_check(tmp_path, "y", CheckResult("silent", "m", "linf", "pass", "g", {}, ("k2",)))
+    assert set(read_checks(tmp_path)) == {"x", "y"}
+    [cur] = current_checks(tmp_path, {"cells": [{"key": "k1"}]})
+    assert cur.status == "warn" and cur.detail == {"n": 1}
