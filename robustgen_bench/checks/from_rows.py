@@ -152,7 +152,7 @@ def blackbox(df: pd.DataFrame, specs: Mapping[str, AttackSpec], model: str, thre
                            "no budget evaluated by both black-box and white-box attacks", {}, keys)
     worst_row = max(per_eps, key=lambda r: (r["significant"], r["only_blackbox"], -r["p"]))
     status = "warn" if any(r["significant"] for r in per_eps) else "pass"
-    figure = (f"{worst_row['only_blackbox']} samples broken only by black-box vs "
+    figure = (f"{worst_row['only_blackbox']} of {worst_row['n']} samples broken only by black-box vs "
               f"{worst_row['only_whitebox']} only by white-box at ε={format_epsilon(worst_row['epsilon'])} "
               f"(McNemar p={worst_row['p']:.3g})")
     return CheckResult("blackbox", model, threat, status, figure,
