@@ -399,3 +399,21 @@ def test_counters_are_stored_once_per_batch_and_checks_keyed_to_cells(tmp_path) 
     assert set(read_checks(tmp_path)) == {"x", "y"}
     [cur] = current_checks(tmp_path, {"cells": [{"key": "k1"}]})
     assert cur.status == "warn" and cur.detail == {"n": 1}
+
+
+def test_silent_counts_unperturbed_results_of_whitebox_minimal_norm_attacks_only() -> None:
+    n = 10
+    clean = [("clean", "none", 0.0, s, True, np.nan, False) for s in range(n)]
+    cells = clean + [("ddn", "l2", 1.0, s, True, np.nan, True) for s in range(n)] \
+        + [("noise", "l2", 1.0, s, True, np.nan, True) for s in range(n)]
+    df = _rows(cells)
+    quiet = {"ddn@1.0": {"flagged_rejected": 0, "unperturbed": 0},
+             "noise@1.0": {"flagged_rejected": 0, "unperturbed": 10}}
+    r = from_rows.silent(df, SPECS, "m", "l2", quiet, ChecksSpec())
+    assert r.status == "pass" and r.detail["unperturbed"] == 10 and "noise 10" in r.figure
+    loud = {**quiet, "ddn@1.0": {"flagged_rejected": 0, "unperturbed": 5}}
+    r = from_rows.silent(df, SPECS, "m", "l2", loud, ChecksSpec())
+    assert r.status == "warn" and "ddn 5" in r.figure
+    df.loc[df.attack == "ddn", "violation"] = ["norm 2 > eps 1"] + [None] * (n - 1)
+    r = from_rows.silent(df, SPECS, "m", "l2", {}, ChecksSpec())
+    assert r.status == "warn" and r.detail["violations"] == 1 and "predates" in r.figure

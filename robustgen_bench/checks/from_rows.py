@@ -159,33 +159,41 @@ def blackbox(df: pd.DataFrame, specs: Mapping[str, AttackSpec], model: str, thre
                        {"per_epsilon": per_eps, "blackbox": bb, "whitebox": wb}, keys)
 
 
-def silent(df: pd.DataFrame, model: str, threat: str, counters: Mapping[str, Mapping[str, int]],
-           cs: ChecksSpec) -> CheckResult:
+def silent(df: pd.DataFrame, specs: Mapping[str, AttackSpec], model: str, threat: str,
+           counters: Mapping[str, Mapping[str, int]], cs: ChecksSpec) -> CheckResult:
     """Per cell: library flags predict rejected, budget violations, minimal-norm results equal to
-    the input; warns on any violation or when the rest exceed the threshold fraction."""
+    the input. Warns on any violation, or when flags rejected plus unperturbed results of
+    white-box minimal-norm attacks (DDN, CW, DeepFool search every norm, so returning the input
+    means the optimisation failed) exceed the threshold fraction of attacked samples; a
+    black-box noise or boundary search that finds nothing is reported, not counted."""
     cells = _cells(df, model, threat)
     keys = _cell_keys(cells)
     if not len(cells):
         return CheckResult("silent", model, threat, "skip", "no attack cells", {}, keys)
     per_cell = []
     tot = {"attacked": 0, "violations": 0, "flagged_rejected": 0, "unperturbed": 0}
+    counted = 0
     missing = 0
     for (attack, eps, key), c in cells.groupby(["attack", "epsilon", "cell_key"], sort=False):
         attacked = int((c.clean_pred == c.label).sum())
-        row = {"attack": attack, "epsilon": float(eps), "attacked": attacked,
+        bb = attack in specs and is_black_box(specs[attack])
+        row = {"attack": attack, "epsilon": float(eps), "attacked": attacked, "black_box": bb,
                "violations": int(c.violation.notna().sum())}
         if key in counters:
             row.update({k: int(counters[key][k]) for k in ("flagged_rejected", "unperturbed")})
+            counted += row["flagged_rejected"] + (0 if bb else row["unperturbed"])
         else:
             missing += 1
             row.update({"flagged_rejected": None, "unperturbed": None})
         per_cell.append(row)
         for k in tot:
             tot[k] += int(row[k] or 0)
-    frac = (tot["flagged_rejected"] + tot["unperturbed"]) / max(tot["attacked"], 1)
-    status = "warn" if tot["violations"] or frac > cs.threshold("silent_failures") else "pass"
+    frac = counted / max(tot["attacked"], 1)
+    status = "warn" if tot["violations"] or frac > cs.threshold("silent_failures") + 1e-12 else "pass"
+    unmoved = ", ".join(f"{r['attack']} {r['unperturbed']}" for r in per_cell if r["unperturbed"])
     figure = (f"{tot['flagged_rejected']} library successes rejected by predict, "
-              f"{tot['unperturbed']} unperturbed minimal-norm results, {tot['violations']} budget "
+              f"{tot['unperturbed']} unperturbed minimal-norm results"
+              + (f" ({unmoved})" if unmoved else "") + f", {tot['violations']} budget "
               f"violations over {tot['attacked']} attacked samples")
     if missing:
         figure += f" ({missing} cells without counters: run predates them)"

@@ -200,7 +200,7 @@ def compute(p: Planned, ctx: _Context) -> CheckResult:
         r = from_rows.blackbox(df, ctx.first_spec, m, t, cs)
         return result(r.status, r.figure, r.detail)
     if p.name == "silent":
-        r = from_rows.silent(df, m, t, ctx.counters, cs)
+        r = from_rows.silent(df, ctx.first_spec, m, t, ctx.counters, cs)
         return result(r.status, r.figure, r.detail)
 
     if p.name == "transfer":
@@ -248,8 +248,9 @@ def compute(p: Planned, ctx: _Context) -> CheckResult:
                 problems.append(f"declared randomized with eot={adaptive.eot} (expected >= 2)")
             if frac > cs.threshold("draw_flips") + 1e-12:
                 problems.append("verify_draws too few")
-            figure = (f"randomized: {100 * rows['fraction']:.0f}% of stored attack verdicts had "
-                      f"disagreeing draws; clean accuracy {100 * r['accuracy']:.0f}% with "
+            stored = (f"{100 * rows['fraction']:.0f}% of {rows['rows']} stored attack verdicts "
+                      "had disagreeing draws" if rows["rows"] else "no stored attack verdicts")
+            figure = (f"randomized: {stored}; clean accuracy {100 * r['accuracy']:.0f}% with "
                       f"{r['draws']} draws vs {100 * r['accuracy_doubled']:.0f}% with "
                       f"{2 * r['draws']} ({r['flips']} verdicts flip)")
             if problems:

@@ -37,7 +37,7 @@ DEFAULT_THRESHOLDS: Mapping[str, float] = MappingProxyType({
     "unbounded_survival": 0.05,
     # Robust at a larger budget but broken at a smaller one is a failed attack at the larger one.
     "monotone_violations": 0,
-    # Library flags that predict rejects, and minimal-norm results equal to the input, as a
+    # Library flags that predict rejects, and white-box minimal-norm results equal to the input, as a
     # fraction of attacked samples; budget violations warn on any.
     "silent_failures": 0.1,
     # Clean verdicts that change when the verification draws are doubled (randomized defenses).
