@@ -97,7 +97,6 @@ def _zoo_env(zoo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RGBENCH_ZOO", str(zoo))
 
 
-@register_attack("fake", "Liar")
 class Liar(Attack):
     """A library that reports success on every sample and returns the input unchanged."""
 
@@ -105,6 +104,16 @@ class Liar(Attack):
 
     def _run(self, model, x, y):
         return AttackOutput(x_adv=x.clone(), flagged=torch.ones(len(x), dtype=torch.bool))
+
+
+@pytest.fixture()
+def liar():
+    """``fake/Liar`` registered for one test only (the registry is global)."""
+    from robustgen_bench import attacks
+
+    register_attack("fake", "Liar")(Liar)
+    yield Liar
+    attacks._REGISTRY.pop(("fake", "Liar"), None)
 
 
 def write_suite(path: Path, models: list[str], attacks: list[str], checks: str = "",
@@ -236,7 +245,7 @@ def test_far_too_few_steps_fire_convergence(tmp_path) -> None:
     assert v["significant"]
 
 
-def test_library_success_without_adversarial_fires_silent(tmp_path) -> None:
+def test_library_success_without_adversarial_fires_silent(tmp_path, liar) -> None:
     from robustgen_bench.cli import main
 
     liar = "{id: liar, library: fake, attack: Liar, threat: linf, epsilon: 0.3}"
