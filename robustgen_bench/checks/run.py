@@ -136,8 +136,7 @@ class _Context:
         key = "source:" + model
         if key not in self._defenses:
             entry = get_entry(model)
-            self._source = (build_defense(entry).eval(), entry.adaptive)
-            self._defenses[key] = self._source
+            self._defenses[key] = (build_defense(entry).eval(), entry.adaptive)
         return self._defenses[key]
 
     def subsample(self, model: str) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
@@ -363,7 +362,6 @@ def run_checks(run_dir: str | Path, *, data_dir: str | Path | None = None,
     planned = plan_checks(df, manifest, cs, names)
     stored = {} if recompute else read_checks(run_dir, keys=[p.key for p in planned])
     ctx = _Context(run_dir, manifest, df, cs, data_dir)
-    out: list[CheckResult] = []
     # model by model, so each defense is built once
     order = sorted(range(len(planned)), key=lambda i: (planned[i].model, i))
     results: dict[int, CheckResult] = {}
@@ -383,5 +381,4 @@ def run_checks(run_dir: str | Path, *, data_dir: str | Path | None = None,
         if r.status != "error":  # an error is retried by the next call
             write_check(run_dir, p.key, r)
         results[i] = r
-    out = [results[i] for i in range(len(planned))]
-    return out
+    return [results[i] for i in range(len(planned))]
