@@ -105,6 +105,12 @@ def checks(
         return
     runs = load_runs([run_dir])
     console.print(checks_rich(results, runs.display, runs.models, title=f"{run_dir}: attack-failure checks"))
+    try:  # the run's tables, checks.md and caption now include the new results
+        from robustgen_bench.report import write_reports
+
+        write_reports(run_dir)
+    except UserInputError as e:  # e.g. an unfinished run: its tables wait for the run
+        err_console.print(f"reports not rewritten: {e}", highlight=False)
     bad = flagged_models(results, runs.models)
     counts = {s: sum(r.status == s for r in results) for s in ("pass", "skip", "warn", "fail", "error")}
     console.print(", ".join(f"{n} {s}" for s, n in counts.items() if n), highlight=False)

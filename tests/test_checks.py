@@ -225,9 +225,11 @@ def test_cli_checks_exit_codes(main_run, tmp_path) -> None:
     from robustgen_bench.cli import app, main
 
     run_dir, _ = main_run
+    (run_dir / "checks.md").unlink(missing_ok=True)
     res = CliRunner().invoke(app, ["checks", str(run_dir)], env={"COLUMNS": "200"})
     assert res.exit_code == 1, res.output
     assert "quantized" in res.output and "fail" in res.output
+    assert "unbounded | **fail**" in (run_dir / "checks.md").read_text()  # reports rewritten
     assert main(["checks", str(tmp_path / "nope")]) == 2
     assert main(["checks", str(run_dir), "--only", "gradient"]) == 2
 
