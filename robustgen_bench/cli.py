@@ -1,6 +1,7 @@
 """The ``rgbench`` command line: parse, call the library, render. No logic lives here.
 
 Exit codes: 0 success, 1 runtime failure (clear message), 2 bad input (file, key, expectation).
+``rgbench checks`` also exits 1 when a check warns or fails (0 when all pass).
 """
 
 from __future__ import annotations
@@ -51,6 +52,12 @@ def run(
             run_suite(s, out, data_dir=data_dir, progress=progress.task, executor=ex)
     finally:
         ex.close()
+    if s.checks.enabled:
+        from robustgen_bench.checks.run import run_checks
+
+        console.print(f"attack-failure checks (subsample {s.checks.subsample}; "
+                      "`checks: false` in the suite turns them off)")
+        run_checks(out, data_dir=data_dir, log=lambda m: console.print(f"  {m}", highlight=False))
     _report(out)
 
 
@@ -60,8 +67,57 @@ def _report(run_dir: Path) -> None:
     except ModuleNotFoundError:
         return
     console.print(report.summary_table(run_dir))
+    from robustgen_bench.report.outputs import checks_summary
+
+    checks = checks_summary(run_dir)
+    if checks is not None:
+        console.print(checks)
     for p in report.write_reports(run_dir):
         console.print(f"wrote {p}")
+
+
+@app.command()
+def checks(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    subsample: Annotated[Optional[int], typer.Option(help="Samples per probe (default: the suite's checks.subsample).")] = None,
+    only: Annotated[Optional[list[str]], typer.Option("--only", help="Only this check (repeatable).")] = None,
+    recompute: Annotated[bool, typer.Option(help="Recompute stored results too.")] = False,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Dataset root (else $RGBENCH_DATA).")] = None,
+) -> None:
+    """Compute the attack-failure checks RUN_DIR is missing, store and print them all.
+
+    Exit code 0 when every check passes (or does not apply), 1 when one warns or fails, 2 on bad
+    input.
+    """
+    from robustgen_bench.checks.report import checks_rich, flagged_models
+    from robustgen_bench.checks.run import run_checks
+    from robustgen_bench.report.runs import RunDirError, load_runs
+
+    if not run_dir.is_dir():
+        raise RunDirError("run directory not found", file=run_dir)
+    if subsample is not None and subsample < 1:
+        raise UserInputError(f"expected a positive integer, got {subsample}", key="--subsample")
+    results = run_checks(run_dir, data_dir=data_dir, subsample=subsample, names=only,
+                         recompute=recompute,
+                         log=lambda m: err_console.print(m, highlight=False))
+    if not results:
+        console.print("no checks: the suite turned them off (checks: {enabled: false})")
+        return
+    runs = load_runs([run_dir])
+    console.print(checks_rich(results, runs.display, runs.models, title=f"{run_dir}: attack-failure checks"))
+    try:  # the run's tables, checks.md and caption now include the new results
+        from robustgen_bench.report import write_reports
+
+        write_reports(run_dir)
+    except UserInputError as e:  # e.g. an unfinished run: its tables wait for the run
+        err_console.print(f"reports not rewritten: {e}", highlight=False)
+    bad = flagged_models(results, runs.models)
+    counts = {s: sum(r.status == s for r in results) for s in ("pass", "skip", "warn", "fail", "error")}
+    console.print(", ".join(f"{n} {s}" for s, n in counts.items() if n), highlight=False)
+    if bad:
+        console.print("checks raised a warning for: " + ", ".join(runs.display(m) for m in bad),
+                      highlight=False)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -142,7 +198,10 @@ _register_optional()
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point with the exit-code contract."""
     try:
-        app(args=argv, standalone_mode=False)
+        # with standalone_mode=False, click returns a command's typer.Exit code instead of exiting
+        code = app(args=argv, standalone_mode=False)
+        if isinstance(code, int) and not isinstance(code, bool) and code:
+            return code
     except UserInputError as e:
         err_console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
         return 2

@@ -21,11 +21,13 @@ import yaml
 
 from robustgen_bench.adaptive import WarmStart
 from robustgen_bench.attacks.spec import AttackSpec
+from robustgen_bench.checks.spec import ChecksSpec, parse_checks
 from robustgen_bench.data import DatasetName
 from robustgen_bench.errors import ConfigError, UserInputError, did_you_mean
 from robustgen_bench.threat import Threat
 
-TOP_KEYS = ("name", "description", "include", "dataset", "models", "attacks", "stats", "report", "run")
+TOP_KEYS = ("name", "description", "include", "dataset", "models", "attacks", "stats", "report", "run",
+            "checks")
 DATASET_KEYS = ("name", "split", "n", "seed")
 ATTACK_RESERVED = ("id", "library", "attack", "threat", "epsilon", "params", "verify_draws",
                    "surrogate")
@@ -84,6 +86,9 @@ class Suite:
     stats: StatsSpec = StatsSpec()
     report: ReportSpec = ReportSpec()
     run: RunSpec = RunSpec()
+    # Attack-failure checks (robustgen_bench.checks); not part of canonical(): they read the
+    # stored rows and never change them, so the suite hash of existing runs stays the same.
+    checks: ChecksSpec = ChecksSpec()
     source: Path | None = None
     raw: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     # the command-line changes applied on top of the file (recorded in the manifest so a run
@@ -435,9 +440,11 @@ def _validate(data: dict[str, Any], file: Path, doc: _Doc, limit: int | None) ->
     if not isinstance(plots, bool):
         raise v.fail(("report", "plots"), f"expected true or false, got {plots!r}")
 
+    checks = parse_checks(top.get("checks"), v, known)
+
     return Suite(name=name, dataset=dataset, models=tuple(models), attacks=tuple(specs),
                  stats=StatsSpec(test, alpha, corr), report=ReportSpec(tuple(formats), plots),
-                 run=run, source=file, raw=MappingProxyType(data))
+                 run=run, checks=checks, source=file, raw=MappingProxyType(data))
 
 
 def load_suite(path: str | Path, overrides: Sequence[str] = (), limit: int | None = None) -> Suite:

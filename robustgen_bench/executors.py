@@ -66,6 +66,8 @@ class BatchResult:
     rows: list[ResultRow]
     seconds: float
     x_adv: torch.Tensor | None
+    #: Silent-failure counters of the attack on this batch (:attr:`Attack.last_counters`).
+    counters: dict[str, int] | None = None
 
 
 # One defense per worker process, rebuilt only when the model changes (tasks arrive grouped by
@@ -116,7 +118,8 @@ def run_task(task: BatchTask) -> BatchResult:
     # same randomness in any process and after any resume.
     rows = attack(defense, adaptive, x, y, list(task.indices), task.clean_pred.to(device))
     x_adv = attack.last_x_adv if task.keep_adv else None
-    return BatchResult(task, rows, time.perf_counter() - t0, x_adv)
+    counters = dict(getattr(attack, "last_counters", None) or {}) or None
+    return BatchResult(task, rows, time.perf_counter() - t0, x_adv, counters)
 
 
 class Executor(Protocol):

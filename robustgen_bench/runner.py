@@ -116,6 +116,7 @@ def manifest(suite: Suite, subset: EvalSubset, entries: dict[str, ZooEntry],
     return {
         "suite": suite.canonical(),
         "suite_hash": suite.hash(),
+        "checks": suite.checks.canonical(),
         "suite_file": str(suite.source) if suite.source else None,
         "command_line": {"set": list(suite.overrides), "limit": suite.limit},
         # Where the batches ran; it does not enter any cell key (rows are the same everywhere).
@@ -231,7 +232,8 @@ def _drain(executor: Executor, tasks: Iterator[BatchTask], store: ResultStore, b
             t = r.task
             cell = cells[t.cell_key]
             _check_rows(r.rows, list(t.indices), cell)
-            added = store.add_results(_cell_info(cell, subset), r.rows, r.seconds)
+            added = store.add_results(_cell_info(cell, subset), r.rows, r.seconds,
+                                      counters=getattr(r, "counters", None))
             if r.x_adv is not None:
                 _save_examples(run_dir, cell, t.x, t.y, r.x_adv, r.rows, suite.run.save_examples)
             # Count stored samples, not batch sizes: a resumed batch may repeat some.

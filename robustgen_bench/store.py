@@ -48,6 +48,24 @@ CREATE TABLE IF NOT EXISTS results (
     draws_json   TEXT NOT NULL,
     PRIMARY KEY (cell_key, sample_index)
 );
+CREATE TABLE IF NOT EXISTS cell_counters (
+    cell_key         TEXT NOT NULL REFERENCES cells(cell_key),
+    batch            TEXT NOT NULL,
+    flagged_rejected INTEGER NOT NULL,
+    unperturbed      INTEGER NOT NULL,
+    PRIMARY KEY (cell_key, batch)
+);
+CREATE TABLE IF NOT EXISTS checks (
+    check_key   TEXT PRIMARY KEY,
+    model       TEXT NOT NULL,
+    threat      TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    figure      TEXT NOT NULL,
+    detail_json TEXT NOT NULL,
+    cells_json  TEXT NOT NULL,
+    computed_at REAL NOT NULL
+);
 """
 
 #: Columns of :func:`read_results`, in order.
@@ -127,10 +145,13 @@ class ResultStore:
         cur = self.conn.execute("SELECT sample_index FROM results WHERE cell_key = ?", (cell_key,))
         return {int(r[0]) for r in cur}
 
-    def add_results(self, cell: CellInfo, rows: Sequence[ResultRow], seconds: float = 0.0) -> int:
+    def add_results(self, cell: CellInfo, rows: Sequence[ResultRow], seconds: float = 0.0,
+                    counters: dict[str, int] | None = None) -> int:
         """Insert one batch atomically; a sample already stored is never duplicated.
 
-        Returns how many rows were new (a resumed batch may hold samples stored before).
+        ``counters`` (the attack's silent-failure counters for this batch) are stored once per
+        (cell, batch of sample indices). Returns how many rows were new (a resumed batch may
+        hold samples stored before).
         """
         before = self.conn.total_changes
         with self.conn:
@@ -144,6 +165,13 @@ class ResultStore:
                   r.violation, json.dumps(list(map(int, r.draws)))) for r in rows],
             )
             added = self.conn.total_changes - before
+            if counters is not None and rows:
+                batch = ",".join(str(int(r.sample_index)) for r in rows)
+                self.conn.execute(
+                    "INSERT OR IGNORE INTO cell_counters (cell_key, batch, flagged_rejected,"
+                    " unperturbed) VALUES (?,?,?,?)",
+                    (cell.cell_key, batch, int(counters.get("flagged_rejected", 0)),
+                     int(counters.get("unperturbed", 0))))
             self.conn.execute("UPDATE cells SET seconds = seconds + ? WHERE cell_key = ?",
                               (float(seconds), cell.cell_key))
         return added
@@ -191,6 +219,48 @@ def read_cell_progress(run_dir: str | Path) -> dict[str, tuple[int, float]]:
         return {k: (int(n), float(s)) for k, n, s in cur}
     finally:
         conn.close()
+
+
+def _read_only(run_dir: str | Path) -> sqlite3.Connection:
+    path = Path(run_dir) / DB_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no results store at {path}")
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
+                        (name,)).fetchone() is not None
+
+
+def read_cell_counters(run_dir: str | Path) -> dict[str, dict[str, int]]:
+    """Per cell key: summed silent-failure counters (``flagged_rejected``, ``unperturbed``,
+    ``batches``); cells of runs that predate the counters are absent."""
+    conn = _read_only(run_dir)
+    try:
+        if not _has_table(conn, "cell_counters"):
+            return {}
+        cur = conn.execute("SELECT cell_key, SUM(flagged_rejected), SUM(unperturbed), COUNT(*)"
+                           " FROM cell_counters GROUP BY cell_key")
+        return {k: {"flagged_rejected": int(f), "unperturbed": int(u), "batches": int(b)}
+                for k, f, u, b in cur}
+    finally:
+        conn.close()
+
+
+def read_draws(run_dir: str | Path, cell_keys: Iterable[str]) -> pd.DataFrame:
+    """The verification draws of ``cell_keys``: columns cell_key, sample_index, draws (tuple)."""
+    conn = _read_only(run_dir)
+    keys = list(cell_keys)
+    try:
+        df = pd.read_sql_query(
+            "SELECT cell_key, sample_index, draws_json FROM results WHERE cell_key IN ("
+            + ",".join("?" * len(keys)) + ")", conn, params=keys) if keys else pd.DataFrame(
+            columns=["cell_key", "sample_index", "draws_json"])
+    finally:
+        conn.close()
+    df["draws"] = [tuple(json.loads(t)) for t in df.pop("draws_json")]
+    return df
 
 
 def write_manifest(run_dir: str | Path, manifest: dict[str, Any]) -> Path:

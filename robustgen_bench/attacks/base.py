@@ -174,6 +174,11 @@ class Attack(ABC):
         states = [_SampleState() for _ in range(n)]
         randomized = bool(adaptive.randomized or getattr(defense, "randomized", False))
         n_draws = max(1, int(self.spec.verify_draws)) if randomized else 1
+        #: Per-batch counters of silent library failures (stored per cell by the runner):
+        #: ``flagged_rejected`` candidates the library flagged successful that were not verified
+        #: adversarial (unmoved, over budget or rejected by ``predict``); ``unperturbed``
+        #: minimal-norm results equal to the input.
+        self.last_counters = {"flagged_rejected": 0, "unperturbed": 0}
 
         if len(attacked):
             surrogate = Surrogate(defense, adaptive.eot, warm=self.spec.surrogate)
@@ -251,6 +256,14 @@ class Attack(ABC):
                         unconfirmed += 1
                     if not st.success:
                         st.pred, st.draws = v, tuple(int(t) for t in draws[:, m])
+            if k == 0:
+                counters = getattr(self, "last_counters", None)
+                if counters is not None:
+                    if out.flagged is not None:
+                        flagged = out.flagged.detach().bool().cpu()[pending]
+                        counters["flagged_rejected"] += int((flagged & ~resolved).sum())
+                    if self.MINIMAL_NORM:
+                        counters["unperturbed"] += int((in_bounds.cpu() & ~moved).sum())
             pending = pending[~resolved]
         if unconfirmed:
             LOG.info("%r: %d candidates the library flagged as adversarial were classified "

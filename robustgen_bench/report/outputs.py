@@ -19,7 +19,13 @@ from robustgen_bench.report.render import (
 )
 from robustgen_bench.report.runs import RunSet, finished_prefix, load_runs, restrict
 from robustgen_bench.stats import SampleSetMismatch
-from robustgen_bench.report.tables import accuracy_table, caption, distance_table, mcnemar_tables
+from robustgen_bench.report.tables import (
+    accuracy_table,
+    caption,
+    distance_table,
+    mcnemar_tables,
+    stored_checks,
+)
 from robustgen_bench.stats import (
     THREAT_ORDER,
     closest_distances,
@@ -59,7 +65,42 @@ def render_table(run_dirs: Sequence[str | Path], fmt: str, limit: int | None = N
     text = render(table, fmt, caption=None if fmt == "tex" else cap)
     if fmt == "tex" and cap:
         text = "% " + cap + "\n" + text
-    return text
+    return text + checks_section(runs, fmt)
+
+
+CHECKS_TITLE = "Attack-failure checks"
+
+
+def checks_section(runs: RunSet, fmt: str) -> str:
+    """The Checks section appended to a table in ``fmt`` (md, html, term); "" when no check
+    result is stored or the format holds a single table (tex, csv)."""
+    from robustgen_bench.checks.report import checks_frame, checks_markdown, checks_rich
+
+    results = stored_checks(runs)
+    if not results or fmt in ("tex", "csv"):
+        return ""
+    if fmt == "md":
+        return f"\n### {CHECKS_TITLE}\n\n" + checks_markdown(results, runs.display, runs.models)
+    if fmt == "html":
+        frame = checks_frame(results, runs.display, runs.models)
+        return f"\n<h3>{CHECKS_TITLE}</h3>\n" + frame.to_html(index=False, escape=True) + "\n"
+    import io
+
+    from rich.console import Console
+
+    buf = io.StringIO()
+    Console(file=buf, width=200, color_system=None).print(
+        checks_rich(results, runs.display, runs.models))
+    return buf.getvalue()
+
+
+def checks_summary(run_dir: str | Path) -> Table | None:
+    """The stored checks of a run as a rich table (None when none is stored)."""
+    from robustgen_bench.checks.report import checks_rich
+
+    runs = load_runs([run_dir])
+    results = stored_checks(runs)
+    return checks_rich(results, runs.display, runs.models) if results else None
 
 
 def summary_table(run_dir: str | Path) -> Table:
@@ -136,8 +177,15 @@ def write_reports(run_dir: str | Path) -> list[Path]:
     formats = [f for f in report_cfg.get("formats", RUN_FORMATS) if f in RUN_FORMATS]
     for fmt in formats:
         text = render(table, fmt, caption=None if fmt in ("tex", "csv") else cap)
-        write(f"table.{fmt}", text)
+        write(f"table.{fmt}", text + checks_section(runs, fmt))
     write("caption.txt", cap + "\n")
+    results = stored_checks(runs)
+    if results:
+        from robustgen_bench.checks.report import checks_frame, checks_markdown
+
+        write("checks.md", f"# {CHECKS_TITLE}\n\n" + checks_markdown(results, runs.display,
+                                                                     runs.models))
+        write("checks.csv", checks_frame(results, runs.display, runs.models).to_csv(index=False))
     matrices = mcnemar_tables(runs)
     for key, mat in matrices.items():
         write(f"mcnemar_{key.slug}.csv", mat.to_csv(index_label="model"))
@@ -163,7 +211,7 @@ def write_reports(run_dir: str | Path) -> list[Path]:
 
 
 #: Per-row/per-model outputs whose set changes with the results; stale ones would mislead.
-GENERATED_PATTERNS = ("mcnemar_*.csv", "mcnemar_*.png", "robust_accuracy_*.csv",
+GENERATED_PATTERNS = ("checks.md", "checks.csv", "mcnemar_*.csv", "mcnemar_*.png", "robust_accuracy_*.csv",
                       "robust_accuracy_*.png", "examples_*.png")
 
 

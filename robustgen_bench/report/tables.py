@@ -60,9 +60,25 @@ def caption(runs: RunSet, table: pd.DataFrame | None = None) -> str:
     count = (f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}-{ns[-1]}") if ns else "0"
     dataset = runs.dataset.get("name")
     on = f" on {dataset} ({runs.dataset.get('split', 'test')})" if dataset else ""
-    return (f"Results of different models{on}. Reported numbers are accuracy under bounded "
+    text = (f"Results of different models{on}. Reported numbers are accuracy under bounded "
             f"perturbations with Wilson 95% intervals. Results are based on {count} samples. "
             + sentence)
+    checks = checks_sentence(runs)
+    return f"{text} {checks}" if checks else text
+
+
+def stored_checks(runs: RunSet) -> list:
+    """The attack-failure check results stored with the runs (never recomputed here)."""
+    from robustgen_bench.checks.storage import checks_of_runs
+
+    return checks_of_runs(runs.run_dirs, runs.manifests, runs.models)
+
+
+def checks_sentence(runs: RunSet) -> str:
+    """The caption's sentence naming the models whose evaluation raised a check warning."""
+    from robustgen_bench.checks.report import caption_sentence
+
+    return caption_sentence(stored_checks(runs), runs.display, runs.models)
 
 
 def distance_table(runs: RunSet) -> pd.DataFrame:
