@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from robustgen_bench.errors import UserInputError
-from robustgen_bench.report.tables import TABLE_COLUMNS
+from robustgen_bench.report.tables import CSV_COLUMNS
 
 FORMATS = ("md", "tex", "csv", "html", "term")
 MISSING = "-"
@@ -128,8 +128,12 @@ def to_html(table: pd.DataFrame, *, ci: bool = True, caption: str | None = None)
 
 
 def to_csv(table: pd.DataFrame) -> str:
-    """One line per (row, model): ``group,row,model,accuracy,ci_low,ci_high,n`` (fractions)."""
-    return table[TABLE_COLUMNS].to_csv(index=False)
+    """One line per (row, model): ``group,row,model,accuracy,ci_low,ci_high,n,model_id``.
+
+    Accuracies are fractions; ``model`` is the display name, ``model_id`` the zoo id (the key of
+    ``rgbench export`` rows).
+    """
+    return table[CSV_COLUMNS].to_csv(index=False)
 
 
 def to_rich(table: pd.DataFrame, *, ci: bool = True, title: str | None = None) -> Table:
