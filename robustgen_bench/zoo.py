@@ -125,6 +125,12 @@ def parse_entry(entry_file: Path, root: Path | None = None) -> ZooEntry:
     for k in ("id", "name", "dataset"):
         if not isinstance(raw[k], str):
             raise _err(entry_file, k, f"expected a string, got {type(raw[k]).__name__}")
+    from robustgen_bench.data import DatasetName
+
+    known_datasets = [d.value for d in DatasetName]
+    if raw["dataset"] not in known_datasets:
+        raise _err(entry_file, "dataset", f"unknown dataset {raw['dataset']!r}."
+                   f"{did_you_mean(raw['dataset'], known_datasets)}")
     root = root or zoo_root()
     try:
         rel = entry_file.parent.resolve().relative_to(root.resolve()).as_posix()
@@ -205,6 +211,29 @@ def list_entries(root: Path | None = None) -> list[ZooEntry]:
     """Every entry under ``root``, validated (raises on the first broken one)."""
     root = root or zoo_root()
     return [parse_entry(root / i / "entry.yaml", root) for i in entry_ids(root)]
+
+
+#: Columns of :func:`listing` (``rgbench zoo list --format csv``), in order.
+LISTING_COLUMNS = ("id", "name", "dataset", "family", "randomized", "clean_accuracy", "n", "error")
+
+
+def listing(root: Path | None = None) -> list[dict[str, Any]]:
+    """One record per entry folder (:data:`LISTING_COLUMNS`); a broken entry has ``error`` set."""
+    root = root or zoo_root()
+    out: list[dict[str, Any]] = []
+    for entry_id in entry_ids(root):
+        try:
+            e = parse_entry(root / entry_id / "entry.yaml", root)
+        except ZooError as err:  # list the broken entry instead of stopping
+            out.append({"id": entry_id, "name": None, "dataset": None, "family": None,
+                        "randomized": None, "clean_accuracy": None, "n": None, "error": err.detail})
+            continue
+        acc = e.measured.get("clean_accuracy")
+        out.append({"id": e.id, "name": e.name, "dataset": e.dataset,
+                    "family": e.family or f"builder {e.builder}", "randomized": e.adaptive.randomized,
+                    "clean_accuracy": acc if isinstance(acc, (int, float)) else None,
+                    "n": e.measured.get("n"), "error": None})
+    return out
 
 
 def sha256_file(path: Path) -> str:
