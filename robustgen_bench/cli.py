@@ -5,7 +5,6 @@ Exit codes: 0 success, 1 runtime failure (clear message), 2 bad input (file, key
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import os
 import sys
@@ -15,6 +14,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
+from robustgen_bench.cli_usage import ClickException, UsageError, show_usage_error
 from robustgen_bench.console import make_console
 from robustgen_bench.errors import RuntimeFailure, UserInputError
 
@@ -134,39 +134,6 @@ def _register_optional() -> None:
 _register_optional()
 
 
-#: Options people reach for that a command spells differently (offered before difflib's guesses).
-OPTION_SYNONYMS = {"--out": "--run-dir", "--output": "--run-dir", "--output-dir": "--run-dir",
-                   "--out-dir": "--run-dir", "--outdir": "--run-dir", "-o": "--run-dir"}
-
-
-def _base_named(cls: type, name: str) -> type:
-    """The class called ``name`` among ``cls``'s bases (click's, or the copy typer vendors)."""
-    return next(c for c in cls.__mro__ if c.__name__ == name)
-
-
-#: click's UsageError (unknown option, bad or missing parameter, ...) and ClickException, taken
-#: from typer's public BadParameter: typer >= 0.2x vendors click, older versions use click itself.
-UsageError = _base_named(typer.BadParameter, "UsageError")
-ClickException = _base_named(typer.BadParameter, "ClickException")
-
-
-def _did_you_mean(e: Exception) -> None:
-    """Add "Did you mean --x?" to an unknown-option error: a known synonym, else click's guess."""
-    option = getattr(e, "option_name", None)
-    ctx = getattr(e, "ctx", None)
-    if not option or ctx is None:
-        return
-    known = [o for p in ctx.command.params for o in (*p.opts, *p.secondary_opts)
-             if o.startswith("--")]
-    synonym = OPTION_SYNONYMS.get(option)
-    close = ([synonym] if synonym in known
-             else list(getattr(e, "possibilities", None) or [])
-             or difflib.get_close_matches(option, known, n=3, cutoff=0.6))
-    if close:
-        e.possibilities = None  # type: ignore[attr-defined]
-        e.message = f"{e.message}. Did you mean {' or '.join(close)}?"  # type: ignore[attr-defined]
-
-
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point with the exit-code contract.
 
@@ -183,8 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print(f"[bold red]runtime failure:[/] {escape(str(e))}", highlight=False)
         return 1
     except UsageError as e:  # NoSuchOption, BadParameter, MissingParameter, NoArgsIsHelp, ...
-        _did_you_mean(e)
-        e.show()  # the usage line, "Try ... --help", then "Error: ..."
+        show_usage_error(e, app, sys.argv[1:] if argv is None else list(argv), "rgbench")
         return 2
     except ClickException as e:  # e.g. FileError
         e.show()

@@ -33,12 +33,12 @@ def list_command(
     format: Annotated[str, typer.Option("--format", help="table | json | csv (for scripts).")] = "table",  # noqa: A002
 ) -> None:
     """Every zoo entry with its dataset, family and measured clean accuracy."""
-    from robustgen_bench.zoo import LISTING_COLUMNS, listing, zoo_root
-
     try:
         fmt = check_list_format(format)
     except UserInputError as e:
         raise _user_error(e) from None
+    from robustgen_bench.zoo import LISTING_COLUMNS, listing, zoo_root
+
     base = root or zoo_root()
     rows = listing(base)
     if fmt == "json":
@@ -49,8 +49,10 @@ def list_command(
         return
     table = Table(title=escape(f"model zoo ({base})"))
     add_id_column(table, "id", [r["id"] for r in rows])
-    for col in ("name", "dataset", "family", "randomized", "clean acc (n)"):
-        table.add_column(col)
+    table.add_column("name", overflow="fold")
+    add_id_column(table, "dataset", [r["dataset"] or "" for r in rows])
+    for col in ("family", "randomized", "clean acc (n)"):
+        table.add_column(col, overflow="fold")
     for r in rows:
         if r["error"] is not None:
             table.add_row(escape(r["id"]), f"[red]invalid: {escape(r['error'])}[/]", "", "", "", "")
@@ -70,16 +72,16 @@ def check_command(
     root: Annotated[Optional[Path], typer.Option(help="Zoo root (else $RGBENCH_ZOO or model_zoo/).")] = None,
 ) -> None:
     """Validate, verify sha256, load, compare clean accuracy, check gradients and randomness."""
-    from robustgen_bench.zoo_check import check_entries
-
     if n < 1:
         raise _user_error(UserInputError(f"expected a positive number, got {n}", key="--n"))
+    from robustgen_bench.zoo_check import check_entries
+
     report = check_entries(ids or None, n=n, data_dir=data_dir, root=root)
     table = Table(title="zoo check")
     add_id_column(table, "entry", [r.entry_id for r in report.results])
     add_id_column(table, "check", [r.check for r in report.results])
     for col in ("result", "message"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for r in report.results:
         table.add_row(escape(r.entry_id), escape(r.check), "[green]pass[/]" if r.ok else "[red]FAIL[/]",
                       escape(r.message))
