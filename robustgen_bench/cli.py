@@ -13,16 +13,18 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
+from rich.markup import escape
 
+from robustgen_bench.cli_usage import ClickException, UsageError, show_usage_error
+from robustgen_bench.console import make_console
 from robustgen_bench.errors import RuntimeFailure, UserInputError
 
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")  # foolbox imports GitPython
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Evaluate adversarial-robustness defenses and build paper tables.")
-console = Console(stderr=False)
-err_console = Console(stderr=True)
+console = make_console()
+err_console = make_console(stderr=True)
 
 
 @app.command()
@@ -123,17 +125,26 @@ def checks(
 @app.command()
 def status(
     run_dir: Annotated[Path, typer.Argument(help="A run directory (may still be running).")],
+    format: Annotated[str, typer.Option("--format", help="table | json | csv (for scripts).")] = "table",  # noqa: A002
 ) -> None:
     """How far RUN_DIR has got: stored samples and compute per cell, what can be tabulated now."""
+    from robustgen_bench.records import check_list_format, records_csv, records_json
     from robustgen_bench.report.runs import RunDirError
-    from robustgen_bench.report.status import run_status, status_lines, status_table
+    from robustgen_bench.report.status import (STATUS_COLUMNS, run_status, status_lines,
+                                               status_payload, status_records, status_table)
 
+    fmt = check_list_format(format)
     if not run_dir.is_dir():
         raise RunDirError("run directory not found", file=run_dir)
     st = run_status(run_dir)
-    console.print(status_table(st, title=f"{run_dir}"))
-    for line in status_lines(st, run_dir):
-        console.print(line, highlight=False)
+    if fmt == "json":
+        sys.stdout.write(records_json(status_payload(st, run_dir)))
+    elif fmt == "csv":
+        sys.stdout.write(records_csv(status_records(st), STATUS_COLUMNS))
+    else:
+        console.print(status_table(st, title=f"{run_dir}"))
+        for line in status_lines(st, run_dir):
+            console.print(line, highlight=False, markup=False)
 
 
 @app.command()
@@ -196,37 +207,40 @@ _register_optional()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console-script entry point with the exit-code contract."""
+    """Console-script entry point with the exit-code contract.
+
+    0 done, 1 runtime failure, 2 bad input (a usage error, a bad file or value), 130 interrupted.
+    ``standalone_mode=False`` makes click *return* the code of ``typer.Exit`` instead of
+    exiting, so it is passed on here; usage errors are raised, and shown with the usage line.
+    """
     try:
-        # with standalone_mode=False, click returns a command's typer.Exit code instead of exiting
-        code = app(args=argv, standalone_mode=False)
-        if isinstance(code, int) and not isinstance(code, bool) and code:
-            return code
+        code = app(args=argv, prog_name="rgbench", standalone_mode=False)
     except UserInputError as e:
-        err_console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
         return 2
     except RuntimeFailure as e:
-        err_console.print(f"[bold red]runtime failure:[/] {e}", highlight=False)
+        err_console.print(f"[bold red]runtime failure:[/] {escape(str(e))}", highlight=False)
         return 1
-    except typer.Exit as e:
+    except UsageError as e:  # NoSuchOption, BadParameter, MissingParameter, NoArgsIsHelp, ...
+        show_usage_error(e, app, sys.argv[1:] if argv is None else list(argv), "rgbench")
+        return 2
+    except ClickException as e:  # e.g. FileError
+        e.show()
+        return int(getattr(e, "exit_code", 1))
+    except typer.Exit as e:  # raised outside click's main
         return int(e.exit_code or 0)
-    except KeyboardInterrupt:
-        err_console.print("interrupted; finished batches are stored, re-run the same command to resume")
-        return 130
+    except (KeyboardInterrupt, typer.Abort):
+        code = 130
     except Exception as e:  # noqa: BLE001 - the exit-code contract: a clear message, code 1
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            return e.exit_code
-        if isinstance(e, click.exceptions.Abort):
-            return 1
         if os.environ.get("RGBENCH_DEBUG"):
             raise
-        err_console.print(f"[bold red]runtime failure:[/] {type(e).__name__}: {e}\n"
+        err_console.print(f"[bold red]runtime failure:[/] {escape(f'{type(e).__name__}: {e}')}\n"
                           "(set RGBENCH_DEBUG=1 for the traceback)", highlight=False)
         return 1
-    return 0
+    if code == 130:  # typer turns Ctrl-C into Exit(130)
+        err_console.print("interrupted; finished batches are stored, re-run the same command to resume")
+    # A command's return value (None), or the code of a typer.Exit that click caught and returned.
+    return code if isinstance(code, int) and not isinstance(code, bool) else 0
 
 
 def entry() -> None:

@@ -9,43 +9,58 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from robustgen_bench.console import add_id_column, make_console
 from robustgen_bench.errors import UserInputError
+from robustgen_bench.records import check_list_format, records_csv, records_json
 
 zoo_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                       help="List and check model-zoo entries.")
-console = Console()
-err_console = Console(stderr=True)
+console = make_console()
+err_console = make_console(stderr=True)
 
 
 def _user_error(e: UserInputError) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
     return typer.Exit(2)
 
 
 @zoo_app.command("list")
 def list_command(
     root: Annotated[Optional[Path], typer.Option(help="Zoo root (else $RGBENCH_ZOO or model_zoo/).")] = None,
+    format: Annotated[str, typer.Option("--format", help="table | json | csv (for scripts).")] = "table",  # noqa: A002
 ) -> None:
     """Every zoo entry with its dataset, family and measured clean accuracy."""
-    from robustgen_bench.zoo import entry_ids, parse_entry, zoo_root
+    try:
+        fmt = check_list_format(format)
+    except UserInputError as e:
+        raise _user_error(e) from None
+    from robustgen_bench.zoo import LISTING_COLUMNS, listing, zoo_root
 
     base = root or zoo_root()
-    table = Table(title=f"model zoo ({base})")
-    for col in ("id", "name", "dataset", "family", "randomized", "clean acc (n)"):
-        table.add_column(col)
-    for entry_id in entry_ids(base):
-        try:
-            e = parse_entry(base / entry_id / "entry.yaml", base)
-        except UserInputError as err:  # list the broken entry instead of stopping
-            table.add_row(entry_id, f"[red]invalid: {err.detail}[/]", "", "", "", "")
+    rows = listing(base)
+    if fmt == "json":
+        typer.echo(records_json(rows), nl=False)
+        return
+    if fmt == "csv":
+        typer.echo(records_csv(rows, LISTING_COLUMNS), nl=False)
+        return
+    table = Table(title=escape(f"model zoo ({base})"))
+    add_id_column(table, "id", [r["id"] for r in rows])
+    table.add_column("name", overflow="fold")
+    add_id_column(table, "dataset", [r["dataset"] or "" for r in rows])
+    for col in ("family", "randomized", "clean acc (n)"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        if r["error"] is not None:
+            table.add_row(escape(r["id"]), f"[red]invalid: {escape(r['error'])}[/]", "", "", "", "")
             continue
-        acc = e.measured.get("clean_accuracy")
-        shown = f"{acc:.4f} ({e.measured.get('n', '?')})" if isinstance(acc, (int, float)) else "-"
-        table.add_row(e.id, e.name, e.dataset, e.family or f"builder {e.builder}",
-                      "yes" if e.adaptive.randomized else "no", shown)
+        acc = r["clean_accuracy"]
+        shown = f"{acc:.4f} ({r['n'] if r['n'] is not None else '?'})" if acc is not None else "-"
+        table.add_row(escape(r["id"]), escape(r["name"]), r["dataset"], escape(r["family"]),
+                      "yes" if r["randomized"] else "no", shown)
     console.print(table)
 
 
@@ -57,20 +72,23 @@ def check_command(
     root: Annotated[Optional[Path], typer.Option(help="Zoo root (else $RGBENCH_ZOO or model_zoo/).")] = None,
 ) -> None:
     """Validate, verify sha256, load, compare clean accuracy, check gradients and randomness."""
-    from robustgen_bench.zoo_check import check_entries
-
     if n < 1:
         raise _user_error(UserInputError(f"expected a positive number, got {n}", key="--n"))
+    from robustgen_bench.zoo_check import check_entries
+
     report = check_entries(ids or None, n=n, data_dir=data_dir, root=root)
     table = Table(title="zoo check")
-    for col in ("entry", "check", "result", "message"):
-        table.add_column(col)
+    add_id_column(table, "entry", [r.entry_id for r in report.results])
+    add_id_column(table, "check", [r.check for r in report.results])
+    for col in ("result", "message"):
+        table.add_column(col, overflow="fold")
     for r in report.results:
-        table.add_row(r.entry_id, r.check, "[green]pass[/]" if r.ok else "[red]FAIL[/]", r.message)
+        table.add_row(escape(r.entry_id), escape(r.check), "[green]pass[/]" if r.ok else "[red]FAIL[/]",
+                      escape(r.message))
     console.print(table)
     if not report.ok:
         failed = ", ".join(f"{r.entry_id}:{r.check}" for r in report.failures) or "no entries checked"
-        err_console.print(f"[bold red]failed:[/] {failed}", highlight=False)
+        err_console.print(f"[bold red]failed:[/] {escape(failed)}", highlight=False)
         raise typer.Exit(1)
     console.print(f"[green]all {len(report.results)} checks passed")
 

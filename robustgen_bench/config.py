@@ -309,7 +309,8 @@ def _surrogate(v: _Validator, value: Any, path: tuple[Any, ...]) -> WarmStart | 
 
 def _validate(data: dict[str, Any], file: Path, doc: _Doc, limit: int | None) -> Suite:
     from robustgen_bench.attacks import get_attack_class
-    from robustgen_bench.zoo import entry_ids
+    from robustgen_bench.attacks.backends import missing_library
+    from robustgen_bench.zoo import entry_ids, get_entry
 
     v = _Validator(file, doc)
     top = v.mapping(data, (), TOP_KEYS)
@@ -344,6 +345,11 @@ def _validate(data: dict[str, Any], file: Path, doc: _Doc, limit: int | None) ->
             raise v.fail(("models", i), f"unknown zoo model {mid!r}.{did_you_mean(mid, known)}")
         if mid in models:
             raise v.fail(("models", i), f"model {mid!r} listed twice")
+        entry = get_entry(mid)  # a broken entry.yaml is a ZooError naming its file
+        if entry.dataset != dname.value:
+            raise v.fail(("models", i), f"model {mid!r} is a {entry.dataset} model (dataset: "
+                         f"{entry.dataset} in {entry.entry_file}), but the suite's dataset is "
+                         f"{dname.value}; use a {dname.value} model or a {entry.dataset} suite")
         models.append(mid)
 
     run_raw = v.mapping(top.get("run", {}) or {}, ("run",), RUN_KEYS)
@@ -379,6 +385,9 @@ def _validate(data: dict[str, Any], file: Path, doc: _Doc, limit: int | None) ->
             cls = get_attack_class(library, attack)
         except KeyError as e:
             raise v.fail(p + ("attack",), str(e.args[0]) if e.args else f"unknown attack {attack!r}") from None
+        missing = missing_library(library)
+        if missing:
+            raise v.fail(p + ("library",), missing)
         try:
             threat = Threat(a["threat"])
         except ValueError:

@@ -14,8 +14,9 @@ import json
 import logging
 import os
 import platform
+import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -29,7 +30,7 @@ from robustgen_bench.data import EvalSubset, load_subset
 from robustgen_bench.device import device_type
 from robustgen_bench.executors import BatchTask, Executor, LocalExecutor
 from robustgen_bench.store import CellInfo, ResultRow, ResultStore, read_results, write_manifest
-from robustgen_bench.zoo import ZooEntry, get_entry
+from robustgen_bench.zoo import ZooEntry, build_defense, get_entry
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,9 @@ def run_suite(suite: Suite, run_dir: str | Path, *, data_dir: str | Path | None 
                          suite.dataset.seed, data_dir)
     cells = plan(suite, device)
     entries = {m: get_entry(m) for m in suite.models}
+    preflight(entries.values())
     executor = executor or LocalExecutor()
+    created = not run_dir.exists()
     store = ResultStore(run_dir)
     try:
         write_manifest(run_dir, manifest(suite, subset, entries, store.cell_seconds(), cells,
@@ -190,9 +193,21 @@ def run_suite(suite: Suite, run_dir: str | Path, *, data_dir: str | Path | None 
         _drain(executor, bars.opening(tasks), store, bars, cells, subset, run_dir, suite)
         write_manifest(run_dir, manifest(suite, subset, entries, store.cell_seconds(), cells,
                                          executor, device))
-    finally:
+    except BaseException:
+        stored = store.row_count() > 0
         store.close()
+        if created and not stored:  # a run that failed before storing a sample leaves no folder
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    store.close()
     return run_dir
+
+
+def preflight(entries: Iterable[ZooEntry]) -> None:
+    """Build every defense once (sha256, weights format, builder module, strict load) before any
+    work, so that a broken zoo entry is a ZooError (bad input) and no run directory is created."""
+    for entry in entries:
+        build_defense(entry)
 
 
 def _tasks(cells: list[Cell], entry: ZooEntry, suite: Suite, subset: EvalSubset,

@@ -176,6 +176,10 @@ class ResultStore:
                               (float(seconds), cell.cell_key))
         return added
 
+    def row_count(self) -> int:
+        """How many per-sample rows the store holds (all cells)."""
+        return int(self.conn.execute("SELECT COUNT(*) FROM results").fetchone()[0])
+
     def cell_seconds(self) -> dict[str, float]:
         return {k: float(s) for k, s in self.conn.execute("SELECT cell_key, seconds FROM cells")}
 

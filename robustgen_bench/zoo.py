@@ -11,11 +11,12 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
 import sys
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import Any
 
@@ -116,6 +117,28 @@ class ZooEntry:
         return weights_cache() / (self.cache_dir or self.id.replace("/", "_")) / w.file
 
 
+def _inside_folder(name: str) -> bool:
+    """Whether the relative path ``name`` stays inside its folder (no ``..``, not absolute)."""
+    p = PurePosixPath(name.replace("\\", "/"))
+    return not p.is_absolute() and ".." not in p.parts and not re.match(r"^[A-Za-z]:", name)
+
+
+def _weights_file_ok(name: str, entry_dir: Path, root: Path, cached: bool) -> bool:
+    """A weights ``file:`` lies in the entry folder, or (committed files only) in the folder of
+    another entry of the same zoo (``../gan-abs/weights.safetensors``); nowhere else."""
+    if _inside_folder(name):
+        return True
+    p = PurePosixPath(name.replace("\\", "/"))
+    if cached or p.is_absolute() or re.match(r"^[A-Za-z]:", name):
+        return False
+    target = Path(os.path.normpath(entry_dir.resolve() / p))
+    try:
+        target.relative_to(root.resolve())
+    except ValueError:
+        return False
+    return (target.parent / "entry.yaml").is_file()
+
+
 def _err(entry_file: Path, key: str | None, msg: str) -> ZooError:
     return ZooError(msg, file=entry_file, key=key)
 
@@ -142,6 +165,12 @@ def parse_entry(entry_file: Path, root: Path | None = None) -> ZooEntry:
     for k in ("id", "name", "dataset"):
         if not isinstance(raw[k], str):
             raise _err(entry_file, k, f"expected a string, got {type(raw[k]).__name__}")
+    from robustgen_bench.data import DatasetName
+
+    known_datasets = [d.value for d in DatasetName]
+    if raw["dataset"] not in known_datasets:
+        raise _err(entry_file, "dataset", f"unknown dataset {raw['dataset']!r}."
+                   f"{did_you_mean(raw['dataset'], known_datasets)}")
     root = root or zoo_root()
     try:
         rel = entry_file.parent.resolve().relative_to(root.resolve()).as_posix()
@@ -151,6 +180,16 @@ def parse_entry(entry_file: Path, root: Path | None = None) -> ZooEntry:
         raise _err(entry_file, "id", f"expected {rel!r} (the folder path under the zoo root)")
     if ("family" in raw) == ("builder" in raw):
         raise _err(entry_file, "family", "expected exactly one of 'family' or 'builder'")
+    builder = raw.get("builder")
+    if builder is not None and not (isinstance(builder, str) and re.fullmatch(
+            r"[A-Za-z_]\w*:[A-Za-z_]\w*", builder)):
+        raise _err(entry_file, "builder", f"expected 'module:function' naming a .py file in the "
+                   f"entry folder (e.g. model:build), got {builder!r}")
+    cache_dir = raw.get("cache_dir")
+    if cache_dir is not None and not (isinstance(cache_dir, str) and cache_dir.strip()
+                                      and _inside_folder(cache_dir)):
+        raise _err(entry_file, "cache_dir", f"expected a folder name inside the weights cache, "
+                   f"got {cache_dir!r}")
     config = raw.get("config", {}) or {}
     if not isinstance(config, dict):
         raise _err(entry_file, "config", "expected a mapping")
@@ -167,8 +206,12 @@ def parse_entry(entry_file: Path, root: Path | None = None) -> ZooEntry:
         bad = set(w) - WEIGHT_KEYS
         if bad:
             raise _err(entry_file, f"{key}.{sorted(bad)[0]}", f"unknown key; expected {sorted(WEIGHT_KEYS)}")
-        if not isinstance(w.get("file"), str):
+        if not isinstance(w.get("file"), str) or not w["file"].strip():
             raise _err(entry_file, f"{key}.file", "expected a file name")
+        if not _weights_file_ok(w["file"], entry_file.parent, root or zoo_root(), "url" in w):
+            raise _err(entry_file, f"{key}.file", "expected a file in the entry folder (or, for a "
+                       "committed file, in another entry's folder: ../<name>/weights.safetensors), "
+                       f"got {w['file']!r}")
         sha = w.get("sha256")
         if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
             raise _err(entry_file, f"{key}.sha256", "expected 64 lowercase hex digits")
@@ -235,6 +278,29 @@ def list_entries(root: Path | None = None) -> list[ZooEntry]:
     return [parse_entry(root / i / "entry.yaml", root) for i in entry_ids(root)]
 
 
+#: Columns of :func:`listing` (``rgbench zoo list --format csv``), in order.
+LISTING_COLUMNS = ("id", "name", "dataset", "family", "randomized", "clean_accuracy", "n", "error")
+
+
+def listing(root: Path | None = None) -> list[dict[str, Any]]:
+    """One record per entry folder (:data:`LISTING_COLUMNS`); a broken entry has ``error`` set."""
+    root = root or zoo_root()
+    out: list[dict[str, Any]] = []
+    for entry_id in entry_ids(root):
+        try:
+            e = parse_entry(root / entry_id / "entry.yaml", root)
+        except ZooError as err:  # list the broken entry instead of stopping
+            out.append({"id": entry_id, "name": None, "dataset": None, "family": None,
+                        "randomized": None, "clean_accuracy": None, "n": None, "error": err.detail})
+            continue
+        acc = e.measured.get("clean_accuracy")
+        out.append({"id": e.id, "name": e.name, "dataset": e.dataset,
+                    "family": e.family or f"builder {e.builder}", "randomized": e.adaptive.randomized,
+                    "clean_accuracy": acc if isinstance(acc, (int, float)) else None,
+                    "n": e.measured.get("n"), "error": None})
+    return out
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -287,7 +353,16 @@ def _builder_from_folder(entry: ZooEntry):
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        sys.modules.pop(spec.name, None)
+        raise ZooError(f"syntax error: {e.msg} (the builder module of {entry.entry_file})",
+                       file=src, line=e.lineno) from None
+    except Exception as e:  # noqa: BLE001 - a user's module may raise anything on import
+        sys.modules.pop(spec.name, None)
+        raise ZooError(f"importing it failed: {type(e).__name__}: {e} (the builder module of "
+                       f"{entry.entry_file})", file=src) from None
     fn = getattr(module, fn_name, None)
     if fn is None:
         raise ZooError(f"{src.name} has no function {fn_name!r}", file=entry.entry_file, key="builder")
@@ -296,9 +371,8 @@ def _builder_from_folder(entry: ZooEntry):
 
 def build_defense(entry: ZooEntry, *, load_weights: bool = True):
     """Build the entry's defense and load its verified weights (strict)."""
-    from safetensors.torch import load_file
-
     from robustgen_bench.defenses import get_family
+    from robustgen_bench.weights import load_state_file
 
     if entry.builder:
         build = _builder_from_folder(entry)
@@ -314,17 +388,22 @@ def build_defense(entry: ZooEntry, *, load_weights: bool = True):
     if load_weights and entry.weights:
         paths = fetch_weights(entry)
         custom = getattr(defense, "load_weight_files", None)
-        if custom is not None:
-            custom(paths)
-        else:
-            if len(paths) != 1:
-                raise ZooError("several weights files need the family's load_weight_files",
-                               file=entry.entry_file, key="weights")
-            state = load_file(str(next(iter(paths.values()))))
-            try:
-                defense.load_state_dict(state, strict=True)
-            except RuntimeError as e:
-                raise ZooError(f"weights do not match the architecture: {str(e)[:400]}",
-                               file=entry.entry_file, key="weights") from None
+        try:
+            if custom is not None:
+                custom(paths)
+            else:
+                if len(paths) != 1:
+                    raise ZooError("several weights files need the family's load_weight_files",
+                                   file=entry.entry_file, key="weights")
+                state = load_state_file(next(iter(paths.values())))
+                try:
+                    defense.load_state_dict(state, strict=True)
+                except RuntimeError as e:
+                    raise ZooError(f"weights do not match the architecture: {str(e)[:400]}",
+                                   file=entry.entry_file, key="weights") from None
+        except ZooError as e:
+            if e.file is not None:
+                raise
+            raise ZooError(e.detail, file=entry.entry_file, key=e.key or "weights") from None
     defense.eval()
     return defense

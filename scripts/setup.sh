@@ -10,7 +10,9 @@ PY=${PYTHON:-python3}
 extra=""
 [ "${1:-}" = "test" ] && extra="[test]"
 .venv/bin/pip install -q -e ".${extra}"
-# torchattacks 3.5.1 pins requests~=2.25.1 (drags old requests/idna/urllib3): install it without deps.
+# torchattacks (the `torchattacks` extra of pyproject.toml; keep the pin equal) declares
+# requests~=2.25.1, which would downgrade requests/idna/urllib3, and needs only torch, numpy and
+# scipy: install it without its dependencies.
 .venv/bin/pip install -q --no-deps torchattacks==3.5.1
 # The robustbench extra after torchattacks (its wheel ships a stale robustbench/ copy that a later
 # install would overwrite); the tests of the robustbench family then run (about 20 s here).

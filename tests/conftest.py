@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -154,3 +156,18 @@ def tmp_zoo(tmp_path: Path, tiny_cnn: TinyCNN, monkeypatch: pytest.MonkeyPatch) 
     write_tiny_entry(root, tiny_cnn, "mnist/tiny-noisy", noise=0.05)
     monkeypatch.setenv("RGBENCH_ZOO", str(root))
     return root
+
+
+RGBENCH = Path(sys.executable).with_name("rgbench")  # the installed console script of this venv
+
+
+def run_cli(*args: str | Path, columns: str | None = None, cwd: Path | None = None,
+            env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``rgbench ARGS`` as CI and job schedulers run it: the installed console script in a
+    subprocess, no terminal (stdin closed, stdout/stderr pipes), ``COLUMNS`` unset or ``columns``."""
+    full = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    full.update(env or {})
+    if columns is not None:
+        full["COLUMNS"] = columns
+    return subprocess.run([str(RGBENCH), *map(str, args)], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd, env=full)

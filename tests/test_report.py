@@ -97,13 +97,16 @@ def test_latex_is_a_booktabs_fragment_with_consistent_columns(tmp_path: Path) ->
 
 def test_csv_contract(tmp_path: Path) -> None:
     df = pd.read_csv(io.StringIO(render_table([small_run(tmp_path)], "csv")))
-    assert list(df.columns) == ["group", "row", "model", "accuracy", "ci_low", "ci_high", "n"]
+    # the documented columns, then the zoo id of each display name (joins with `rgbench export`)
+    assert list(df.columns) == ["group", "row", "model", "accuracy", "ci_low", "ci_high", "n",
+                                "model_id"]
     assert pd.api.types.is_float_dtype(df.accuracy)
     assert df.accuracy.between(0, 1).all() and (df.ci_low <= df.accuracy).all()
     assert (df.accuracy <= df.ci_high).all() and (df.n == 8).all()
     assert len(df) == 5 * 3  # (Clean, pgd, deepfool, All L∞, ddn) x 3 models; no All for 1 attack
     row = df[(df.row == "ddn") & (df.model == "ABS")].iloc[0]
     assert row.accuracy == 0.5 and row.group == "L2 attack (ε = 1.5)"
+    assert dict(zip(df.model, df.model_id)) == {"CNN": "m/cnn", "Adv-L∞": "m/adv", "ABS": "m/abs"}
 
 
 def test_write_reports_files(tmp_path: Path) -> None:
@@ -172,7 +175,7 @@ def test_table_command(tmp_path: Path) -> None:
     run = small_run(tmp_path)
     res = CliRunner().invoke(app, ["table-command", str(run), "--format", "csv"])
     assert res.exit_code == 0, res.output
-    assert res.output.startswith("group,row,model,accuracy,ci_low,ci_high,n\n")
+    assert res.output.startswith("group,row,model,accuracy,ci_low,ci_high,n,model_id\n")
     out = tmp_path / "t.tex"
     res = CliRunner().invoke(app, ["table-command", str(run), "--format", "tex", "--out", str(out)])
     assert res.exit_code == 0 and out.read_text().count(r"\toprule") == 1

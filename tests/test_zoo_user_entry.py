@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
@@ -176,6 +177,18 @@ def test_cli_check_and_list(user_zoo: Path, monkeypatch: pytest.MonkeyPatch) -> 
     bad = runner.invoke(zoo_app, ["check", "--n", "100", "--root", str(user_zoo)])
     assert bad.exit_code == 1
     assert "mnist/user-cnn:sha256" in bad.output
+
+
+def test_zoo_check_exit_codes_through_the_console_script(user_zoo: Path) -> None:
+    # CI trusts the exit code: 0 all passed, 1 a check failed (typer.Exit(1) used to become 0)
+    ok = run_cli("zoo", "check", "--n", "100", "--root", user_zoo)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "checks passed" in ok.stdout
+    (user_zoo / "mnist/user-cnn/weights.safetensors").write_bytes(b"tampered")
+    bad = run_cli("zoo", "check", "--n", "100", "--root", user_zoo, columns="40")
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "FAIL" in bad.stdout and "sha256 mismatch" in bad.stdout and "mnist/user-cnn" in bad.stdout
+    assert "failed: mnist/user-cnn:sha256" in bad.stderr
 
 
 def test_measure_records_accuracy(user_zoo: Path) -> None:

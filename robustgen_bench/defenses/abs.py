@@ -180,11 +180,7 @@ def load_class_state(nets: nn.Module, k: int, state: Mapping[str, torch.Tensor])
 
 
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    return load_torch_state(path)
+    return load_torch_state(path)  # safetensors by suffix, else torch.load(weights_only=True)
 
 
 @dataclass

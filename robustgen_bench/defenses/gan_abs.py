@@ -349,11 +349,11 @@ class GanAbs(Defense):
         Files may hold more parts (``discriminator.``, an unused ``encoder.``): those are skipped,
         since one trained GAN serves several inference configurations.
         """
-        from safetensors.torch import load_file
+        from robustgen_bench.weights import load_state_file
 
         state: dict[str, torch.Tensor] = {}
         for p in paths.values():
-            state |= load_file(str(p))
+            state |= load_state_file(p)
         own = set(self.state_dict())
         self.load_state_dict({k: v for k, v in state.items() if k in own}, strict=True)
         self._cache = None

@@ -89,10 +89,9 @@ class SchottNets(nn.Module):
 
 def load_torch_state(path: Path) -> dict[str, torch.Tensor]:
     """A torch state dict saved with ``torch.save``, loaded without pickle code execution."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise RuntimeError(f"{path}: expected a state dict, got {type(state).__name__}")
-    return dict(state)
+    from robustgen_bench.weights import load_state_file
+
+    return load_state_file(path, pickle_ok=True)
 
 
 class SchottCNN(Defense):

@@ -7,10 +7,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from robustgen_bench.report.outputs import render_table
-from robustgen_bench.report.render import FORMATS, FormatError
-from robustgen_bench.report.runs import RunDirError
-
 
 def table_command(
     run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories (same samples).")],
@@ -19,6 +15,10 @@ def table_command(
     limit: Annotated[Optional[int], typer.Option(help="Only the first N samples of the subset (a stopped run: each must be finished in every cell).")] = None,  # noqa: UP007
 ) -> None:
     """Print (or write) the accuracy table of stored runs, combined, with Wilson intervals."""
+    from robustgen_bench.report.outputs import render_table
+    from robustgen_bench.report.render import FORMATS, FormatError
+    from robustgen_bench.report.runs import RunDirError
+
     if format not in FORMATS:
         raise FormatError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}",
                           key="--format")

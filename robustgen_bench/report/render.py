@@ -16,9 +16,11 @@ import pandas as pd
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
+from robustgen_bench.console import add_id_column
 from robustgen_bench.errors import UserInputError
-from robustgen_bench.report.tables import TABLE_COLUMNS
+from robustgen_bench.report.tables import CSV_COLUMNS
 
 FORMATS = ("md", "tex", "csv", "html", "term")
 MISSING = "-"
@@ -128,21 +130,28 @@ def to_html(table: pd.DataFrame, *, ci: bool = True, caption: str | None = None)
 
 
 def to_csv(table: pd.DataFrame) -> str:
-    """One line per (row, model): ``group,row,model,accuracy,ci_low,ci_high,n`` (fractions)."""
-    return table[TABLE_COLUMNS].to_csv(index=False)
+    """One line per (row, model): ``group,row,model,accuracy,ci_low,ci_high,n,model_id``.
+
+    Accuracies are fractions; ``model`` is the display name, ``model_id`` the zoo id (the key of
+    ``rgbench export`` rows).
+    """
+    return table[CSV_COLUMNS].to_csv(index=False)
 
 
 def to_rich(table: pd.DataFrame, *, ci: bool = True, title: str | None = None) -> Table:
     """A rich Table for the terminal (sections per group)."""
     disp, headers = display_frame(table, ci=ci)
     out = Table(title=title, show_lines=False)
-    out.add_column("", style="bold")
+    # row labels are attack ids (never cut); group headers may wrap
+    add_id_column(out, "", [str(v) for i, v in enumerate(disp.iloc[:, 0]) if i not in headers],
+                  style="bold")
     for m in disp.columns[1:]:
-        out.add_column(escape(str(m)), justify="right")
+        out.add_column(escape(str(m)), justify="right", overflow="fold")
     for i, line in enumerate(disp.itertuples(index=False)):
         if i in headers:
             out.add_section()
-            out.add_row(f"[italic]{escape(line[0])}[/italic]", *[""] * (len(disp.columns) - 1))
+            out.add_row(Text(line[0], style="italic", overflow="fold", no_wrap=False),
+                        *[""] * (len(disp.columns) - 1))
         else:
             out.add_row(*[escape(str(v)) for v in line])
     return out

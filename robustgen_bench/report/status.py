@@ -7,10 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
+from rich.markup import escape
 from rich.table import Table
 
+from robustgen_bench.console import add_id_column
 from robustgen_bench.report.runs import finished_prefix, load_runs
 from robustgen_bench.store import read_cell_progress
 
@@ -45,8 +48,10 @@ def run_status(run_dir: str | Path) -> RunStatus:
     for c in man.get("cells", []):
         done, seconds = progress.get(c.get("key"), (0, 0.0))
         rows.append({"model": c.get("model"), "attack": c.get("attack"),
-                     "epsilon": float(c.get("epsilon", 0.0)), "done": done, "n": n, "seconds": seconds})
-    cells = pd.DataFrame(rows, columns=["model", "attack", "epsilon", "done", "n", "seconds"])
+                     "epsilon": float(c.get("epsilon", 0.0)), "done": done, "n": n, "seconds": seconds,
+                     "cell_key": c.get("key")})
+    cells = pd.DataFrame(rows, columns=["model", "attack", "epsilon", "done", "n", "seconds",
+                                        "cell_key"])
     limit = (man.get("command_line") or {}).get("limit")
     started = cells.done > 0
     remaining = None
@@ -64,15 +69,38 @@ def _hours(seconds: float) -> str:
 
 def status_table(st: RunStatus, title: str = "") -> Table:
     """A rich table: one row per cell with stored/n, compute time and seconds per sample."""
-    t = Table(title=title or None)
-    for col, just in (("model", "left"), ("attack", "left"), ("ε", "right"), ("stored", "right"),
-                      ("compute", "right"), ("s/sample", "right")):
-        t.add_column(col, justify=just)  # type: ignore[arg-type]
+    t = Table(title=escape(title) or None)
+    add_id_column(t, "model", [str(m) for m in st.cells.model])
+    add_id_column(t, "attack", [str(a) for a in st.cells.attack])
+    for col in ("ε", "stored", "compute", "s/sample"):
+        t.add_column(col, justify="right")
     for r in st.cells.itertuples():
         mark = "" if r.done >= r.n else " …"
-        t.add_row(str(r.model), str(r.attack), f"{r.epsilon:g}", f"{r.done}/{r.n}{mark}",
-                  _hours(r.seconds), f"{r.seconds / r.done:.1f}" if r.done else "–")
+        t.add_row(escape(str(r.model)), escape(str(r.attack)), f"{r.epsilon:g}",
+                  f"{r.done}/{r.n}{mark}", _hours(r.seconds),
+                  f"{r.seconds / r.done:.1f}" if r.done else "–")
     return t
+
+
+#: Columns of :func:`status_records` (``rgbench status --format csv``), in order.
+STATUS_COLUMNS = ("model", "attack", "epsilon", "stored", "n", "seconds", "seconds_per_sample",
+                  "cell_key")
+
+
+def status_records(st: RunStatus) -> list[dict[str, Any]]:
+    """One record per planned cell (:data:`STATUS_COLUMNS`), plain Python values."""
+    return [{"model": r.model, "attack": r.attack, "epsilon": float(r.epsilon), "stored": int(r.done),
+             "n": int(r.n), "seconds": round(float(r.seconds), 3),
+             "seconds_per_sample": round(float(r.seconds) / int(r.done), 3) if r.done else None,
+             "cell_key": r.cell_key} for r in st.cells.itertuples()]
+
+
+def status_payload(st: RunStatus, run_dir: str | Path) -> dict[str, Any]:
+    """Everything ``rgbench status`` prints, as one JSON-able mapping (``--format json``)."""
+    return {"run_dir": Path(run_dir).as_posix(), "n": st.n, "finished_prefix": st.prefix,
+            "complete": st.prefix >= st.n, "limit": st.limit, "seconds": round(st.seconds, 3),
+            "remaining_seconds": None if st.remaining_seconds is None else round(st.remaining_seconds, 3),
+            "cells": status_records(st)}
 
 
 def status_lines(st: RunStatus, run_dir: str | Path) -> list[str]:
@@ -95,4 +123,5 @@ def status_lines(st: RunStatus, run_dir: str | Path) -> list[str]:
     return out
 
 
-__all__ = ["RunStatus", "run_status", "status_lines", "status_table"]
+__all__ = ["STATUS_COLUMNS", "RunStatus", "run_status", "status_lines", "status_payload",
+           "status_records", "status_table"]

@@ -1,7 +1,7 @@
 """Paper tables as plain pandas frames (numbers as fractions; formatting happens in render.py).
 
 The accuracy table is a *long* frame, one line per (row, model), with columns
-``group,row,model,accuracy,ci_low,ci_high,n`` in table order: the Clean row, then one group per
+``group,row,model,accuracy,ci_low,ci_high,n,model_id`` in table order: the Clean row, then one group per
 (threat, ε) — its attacks in suite order and its ``All <threat>`` worst-case row. Renderers pivot it
 to the paper layout (columns = models, rows = Clean / group header / attacks / All row).
 """
@@ -21,6 +21,9 @@ from robustgen_bench.stats import (
 )
 
 TABLE_COLUMNS = ["group", "row", "model", "accuracy", "ci_low", "ci_high", "n"]
+#: After the documented columns: the zoo id of ``model`` (a display name such as ``CNN`` is shared
+#: across datasets; the id joins with ``rgbench export``).
+CSV_COLUMNS = TABLE_COLUMNS + ["model_id"]
 
 
 def row_outcomes(runs: RunSet, *, strict: bool = True) -> dict[RowKey, dict[str, pd.Series]]:
@@ -29,10 +32,14 @@ def row_outcomes(runs: RunSet, *, strict: bool = True) -> dict[RowKey, dict[str,
 
 
 def accuracy_table(runs: RunSet, *, strict: bool = True, alpha: float = 0.05) -> pd.DataFrame:
-    """Long accuracy frame (:data:`TABLE_COLUMNS`) with Wilson (1 - ``alpha``) intervals."""
+    """Long accuracy frame (:data:`CSV_COLUMNS`) with Wilson (1 - ``alpha``) intervals.
+
+    ``model`` holds display names, ``model_id`` the zoo ids.
+    """
     acc = accuracy_frame(row_outcomes(runs, strict=strict), alpha)
+    acc["model_id"] = acc.model
     acc["model"] = acc.model.map(runs.display)
-    return acc[TABLE_COLUMNS].reset_index(drop=True)
+    return acc[CSV_COLUMNS].reset_index(drop=True)
 
 
 def wide(table: pd.DataFrame, value: str = "accuracy") -> pd.DataFrame:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from robustgen_bench.errors import ZooError
+from robustgen_bench.errors import UserInputError, ZooError
 from robustgen_bench.train import TrainContext, register_recipe
 from robustgen_bench.train.loop import accuracy, batch_indices, run_epochs, train_val_split
 from robustgen_bench.zoo import build_defense, get_entry
@@ -83,6 +83,12 @@ def adv_pgd(ctx: TrainContext) -> None:
     Reads ``threat`` (linf|l2), ``epsilon``, ``pgd_steps``, ``pgd_alpha``; the inner attack is
     torchattacks ``PGD``/``PGDL2`` with a random start, run with the model in eval mode.
     """
+    from robustgen_bench.attacks.backends import missing_library
+
+    missing = missing_library("torchattacks")
+    if missing:  # bad input (exit 2) before any work, with the install command
+        raise UserInputError(f"{missing} (recipe adv_pgd uses it)", file=ctx.entry.entry_file,
+                             key="train.recipe")
     import torchattacks
 
     init_from = ctx.hparam("init_from", None, str)
