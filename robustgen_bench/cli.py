@@ -37,6 +37,7 @@ def run(
     executor: Annotated[str, typer.Option(help="Where batches run: local (this process) or ray.")] = "local",
     ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster to join ('auto', 'ray://host:10001'); default: start Ray on this machine.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="CPUs of a Ray instance started here (default: all).")] = None,
+    device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
     """Run every (model × attack × budget) cell of SUITE, store per-sample results, print tables."""
     from robustgen_bench.config import load_suite
@@ -44,14 +45,22 @@ def run(
     from robustgen_bench.progress import RichProgress
     from robustgen_bench.runner import run_suite
 
+    from robustgen_bench.device import resolve_device
+
+    dev = resolve_device(device)
     s = load_suite(suite, overrides=set_ or [], limit=limit)
     out = run_dir or Path("runs") / s.name
     console.print(f"[bold]{s.name}[/]: {len(s.models)} models × {len(s.attacks)} attack budgets "
                   f"on {s.dataset.n} {s.dataset.name.value} {s.dataset.split} samples → {out}")
     ex = make_executor(executor, address=ray_address, num_cpus=workers)
+    if dev.type != "cpu":
+        console.print(f"device: {dev}")
+    # Ray workers each see the GPU Ray assigned them as "cuda"
+    where = dev.type if executor == "ray" else str(dev)
     try:
         with RichProgress(console) as progress:
-            run_suite(s, out, data_dir=data_dir, progress=progress.task, executor=ex)
+            run_suite(s, out, data_dir=data_dir, progress=progress.task, executor=ex,
+                      device=where)
     finally:
         ex.close()
     if s.checks.enabled:

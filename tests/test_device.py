@@ -77,3 +77,21 @@ def test_cuda_rows_match_cpu_rows_up_to_round_off(tmp_zoo, tmp_path: Path) -> No
     det_gpu = df_gpu[df_gpu.model == "mnist/tiny-cnn"].reset_index(drop=True)
     # deterministic model: the same verdicts except possibly a borderline sample
     assert (det_cpu.adv_correct == det_gpu.adv_correct).mean() >= 0.9
+
+
+def test_cli_refuses_a_device_it_cannot_use(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).parent / "rgbench"
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    bad = ["gpu"] + ([] if torch.cuda.is_available() else ["cuda"])
+    for value in bad:
+        proc = subprocess.run([str(exe), "run", "attack_suites/quickstart.yaml", "--device", value,
+                               "--run-dir", str(tmp_path / "never")], capture_output=True,
+                              text=True, stdin=subprocess.DEVNULL, env=env, timeout=120,
+                              cwd=Path(__file__).resolve().parent.parent)
+        assert proc.returncode == 2, proc.stderr
+        assert "--device" in proc.stderr and "Traceback" not in proc.stderr
+        assert not (tmp_path / "never").exists()
