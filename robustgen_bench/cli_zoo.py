@@ -70,13 +70,16 @@ def check_command(
     n: Annotated[int, typer.Option("--n", help="Test images for the clean-accuracy check.")] = 500,
     data_dir: Annotated[Optional[Path], typer.Option(help="Dataset root (else $RGBENCH_DATA).")] = None,
     root: Annotated[Optional[Path], typer.Option(help="Zoo root (else $RGBENCH_ZOO or model_zoo/).")] = None,
+    device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
     """Validate, verify sha256, load, compare clean accuracy, check gradients and randomness."""
     if n < 1:
         raise _user_error(UserInputError(f"expected a positive number, got {n}", key="--n"))
+    from robustgen_bench.device import resolve_device
     from robustgen_bench.zoo_check import check_entries
 
-    report = check_entries(ids or None, n=n, data_dir=data_dir, root=root)
+    report = check_entries(ids or None, n=n, data_dir=data_dir, root=root,
+                           device=resolve_device(device))
     table = Table(title="zoo check")
     add_id_column(table, "entry", [r.entry_id for r in report.results])
     add_id_column(table, "check", [r.check for r in report.results])
@@ -99,12 +102,15 @@ def measure_command(
     n: Annotated[int, typer.Option("--n", help="First N test images.")] = 10000,
     data_dir: Annotated[Optional[Path], typer.Option(help="Dataset root (else $RGBENCH_DATA).")] = None,
     root: Annotated[Optional[Path], typer.Option(help="Zoo root (else $RGBENCH_ZOO or model_zoo/).")] = None,
+    device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
     """Measure deployed clean accuracy and record it in the entry's measured: block."""
+    from robustgen_bench.device import resolve_device
     from robustgen_bench.zoo_check import measure_clean_accuracy
 
     try:
-        acc = measure_clean_accuracy(entry_id, n=n, data_dir=data_dir, root=root, console=console)
+        acc = measure_clean_accuracy(entry_id, n=n, data_dir=data_dir, root=root,
+                                     device=resolve_device(device), console=console)
     except UserInputError as e:
         raise _user_error(e) from None
     console.print(f"{entry_id}: clean accuracy {acc:.4f} on the first {n} test images (recorded)")

@@ -88,7 +88,8 @@ def _margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def check_entry(entry_id: str, report: CheckReport, n: int, root: Path,
-                data: Callable[[str], tuple[torch.Tensor, torch.Tensor]]) -> None:
+                data: Callable[[str], tuple[torch.Tensor, torch.Tensor]],
+                device: str | torch.device = "cpu") -> None:
     """Append the rows of every check of ``entry_id`` to ``report``."""
     from robustgen_bench.adaptive import Surrogate
 
@@ -112,7 +113,7 @@ def check_entry(entry_id: str, report: CheckReport, n: int, root: Path,
         return
 
     def load() -> tuple[bool, str]:
-        state["defense"] = build_defense(entry)
+        state["defense"] = build_defense(entry).to(device)
         return True, f"built {type(state['defense']).__name__}, weights loaded strictly"
 
     if not _guard(report, entry_id, "load", load):
@@ -169,8 +170,11 @@ def check_entry(entry_id: str, report: CheckReport, n: int, root: Path,
 
 
 def check_entries(ids: list[str] | None, n: int = 500, data_dir: str | Path | None = None,
-                  root: Path | None = None) -> CheckReport:
-    """Check ``ids`` (all entries under the zoo root when None); never raises for a broken entry."""
+                  root: Path | None = None, device: str | torch.device = "cpu") -> CheckReport:
+    """Check ``ids`` (all entries under the zoo root when None); never raises for a broken entry.
+
+    ``device``: where the defenses and images live (the checks' verdicts do not depend on it
+    beyond floating-point round-off)."""
     from robustgen_bench.data import load_tensors
 
     root = root or zoo_root()
@@ -179,7 +183,8 @@ def check_entries(ids: list[str] | None, n: int = 500, data_dir: str | Path | No
 
     def data(dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
         if dataset not in cache:
-            cache[dataset] = load_tensors(dataset, "test", data_dir)
+            x, y = load_tensors(dataset, "test", data_dir)
+            cache[dataset] = (x.to(device), y.to(device))
         return cache[dataset]
 
     for entry_id in ids if ids is not None else entry_ids(root):
@@ -189,13 +194,14 @@ def check_entries(ids: list[str] | None, n: int = 500, data_dir: str | Path | No
             report.add(entry_id, "schema", False,
                        f"unknown zoo entry {entry_id!r}.{did_you_mean(entry_id, entry_ids(root))}")
             continue
-        check_entry(entry_id, report, n, root, data)
+        check_entry(entry_id, report, n, root, data, device)
     return report
 
 
 def measure_clean_accuracy(entry_id: str, *, n: int = 10000, data_dir: str | Path | None = None,
                            root: Path | None = None, write: bool = True,
-                           console: Console | None = None, batch_size: int = 100) -> float:
+                           console: Console | None = None, batch_size: int = 100,
+                           device: str | torch.device = "cpu") -> float:
     """Deployed ``predict`` accuracy on the first ``n`` test images; optionally recorded in entry.yaml.
 
     Writing rewrites the ``clean_accuracy:``, ``n:`` and ``command:`` values of the ``measured:``
@@ -210,9 +216,9 @@ def measure_clean_accuracy(entry_id: str, *, n: int = 10000, data_dir: str | Pat
 
     root = root or zoo_root()
     entry = get_entry(entry_id, root)
-    defense = build_defense(entry)
+    defense = build_defense(entry).to(device)
     x, y = load_tensors(entry.dataset, "test", data_dir)
-    x, y = x[:n], y[:n]
+    x, y = x[:n].to(device), y[:n].to(device)
     correct = 0
     with contextlib.ExitStack() as stack:
         bar = None

@@ -95,3 +95,22 @@ def test_cli_refuses_a_device_it_cannot_use(tmp_path: Path) -> None:
         assert proc.returncode == 2, proc.stderr
         assert "--device" in proc.stderr and "Traceback" not in proc.stderr
         assert not (tmp_path / "never").exists()
+
+
+def test_zoo_check_takes_the_device(tmp_zoo) -> None:
+    from robustgen_bench.zoo_check import check_entries
+
+    report = check_entries(["mnist/tiny-cnn"], n=20, root=tmp_zoo, device="cpu")
+    # tiny-cnn declares no measured accuracy: every other check runs and passes on the device
+    assert {r.check for r in report.results if r.ok} >= {"schema", "sha256", "load", "gradient",
+                                                          "randomness"}
+    proc_bad = ["zoo", "check", "mnist/tiny-cnn", "--device", "gpu"]
+    import os
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).parent / "rgbench"
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    proc = subprocess.run([str(exe), *proc_bad, "--root", str(tmp_zoo)], capture_output=True,
+                          text=True, stdin=subprocess.DEVNULL, env=env, timeout=120)
+    assert proc.returncode == 2 and "--device" in proc.stderr, proc.stderr
