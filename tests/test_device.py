@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import REPO, run_cli
 from robustgen_bench.config import load_suite
 from robustgen_bench.device import resolve_device
 from robustgen_bench.errors import UserInputError
@@ -80,21 +81,15 @@ def test_cuda_rows_match_cpu_rows_up_to_round_off(tmp_zoo, tmp_path: Path) -> No
 
 
 def test_cli_refuses_a_device_it_cannot_use(tmp_path: Path) -> None:
-    import os
-    import subprocess
-    import sys
-
-    exe = Path(sys.executable).parent / "rgbench"
-    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
     bad = ["gpu"] + ([] if torch.cuda.is_available() else ["cuda"])
     for value in bad:
-        proc = subprocess.run([str(exe), "run", "attack_suites/quickstart.yaml", "--device", value,
-                               "--run-dir", str(tmp_path / "never")], capture_output=True,
-                              text=True, stdin=subprocess.DEVNULL, env=env, timeout=120,
-                              cwd=Path(__file__).resolve().parent.parent)
-        assert proc.returncode == 2, proc.stderr
-        assert "--device" in proc.stderr and "Traceback" not in proc.stderr
-        assert not (tmp_path / "never").exists()
+        for columns in (None, "40"):
+            proc = run_cli("run", "attack_suites/quickstart.yaml", "--device", value,
+                           "--run-dir", tmp_path / "never", columns=columns, cwd=REPO,
+                           timeout=120)
+            assert proc.returncode == 2, proc.stderr
+            assert "--device" in proc.stderr and "Traceback" not in proc.stderr
+            assert not (tmp_path / "never").exists()
 
 
 def test_zoo_check_takes_the_device(tmp_zoo) -> None:
@@ -104,13 +99,6 @@ def test_zoo_check_takes_the_device(tmp_zoo) -> None:
     # tiny-cnn declares no measured accuracy: every other check runs and passes on the device
     assert {r.check for r in report.results if r.ok} >= {"schema", "sha256", "load", "gradient",
                                                           "randomness"}
-    proc_bad = ["zoo", "check", "mnist/tiny-cnn", "--device", "gpu"]
-    import os
-    import subprocess
-    import sys
-
-    exe = Path(sys.executable).parent / "rgbench"
-    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
-    proc = subprocess.run([str(exe), *proc_bad, "--root", str(tmp_zoo)], capture_output=True,
-                          text=True, stdin=subprocess.DEVNULL, env=env, timeout=120)
+    proc = run_cli("zoo", "check", "mnist/tiny-cnn", "--device", "gpu", "--root", tmp_zoo,
+                   timeout=120)
     assert proc.returncode == 2 and "--device" in proc.stderr, proc.stderr
