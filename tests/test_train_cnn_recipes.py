@@ -45,3 +45,36 @@ def test_cnn_noise_then_adv_pgd(small_zoo: Path) -> None:
     assert set(load_file(str(w2))) == set(cnn.state_dict())
     # fine-tuning from the CNN changed the weights
     assert not torch.equal(adv.head.weight, cnn.head.weight)
+
+
+def test_epoch_lr_halves_on_schedule() -> None:
+    from robustgen_bench.train.cnn_recipes import epoch_lr
+
+    assert [epoch_lr(1e-3, e, 2) for e in range(5)] == [1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4]
+    assert epoch_lr(1e-3, 99, None) == 1e-3
+
+
+def test_random_shift_translates_each_image_within_the_bound() -> None:
+    from robustgen_bench.train.cnn_recipes import random_shift
+
+    x = torch.zeros(64, 1, 9, 9)
+    x[:, :, 4, 4] = 1.0  # one bright pixel in the centre of each image
+    torch.manual_seed(0)
+    out = random_shift(x, 2)
+    assert out.shape == x.shape and torch.equal(out.sum((1, 2, 3)), x.sum((1, 2, 3)))  # nothing lost
+    pos = out[:, 0].flatten(1).argmax(1)
+    rows, cols = pos // 9, pos % 9
+    assert (rows - 4).abs().max() <= 2 and (cols - 4).abs().max() <= 2
+    offsets = set(zip(rows.tolist(), cols.tolist()))
+    assert len(offsets) > 10  # per-image offsets, not one shift for the batch
+    assert torch.equal(random_shift(x, 0), x)
+
+
+def test_bad_lr_halve_every_is_a_zoo_error(small_zoo: Path) -> None:
+    from robustgen_bench.errors import ZooError
+
+    root = small_zoo / "zoo"
+    f = root / "mnist" / "cnn" / "entry.yaml"
+    f.write_text(f.read_text().replace("lr_halve_every: 15", "lr_halve_every: 0"))
+    with pytest.raises(ZooError, match="lr_halve_every"):
+        train_entry("mnist/cnn", epochs=1, root=root, checkpoint_root=small_zoo / "ckpt")

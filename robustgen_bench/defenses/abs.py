@@ -31,6 +31,9 @@ Config keys (``entry.yaml`` → ``config``):
   highest density among ``int(n_init / candidate_keep)`` draws from N(0, I) (Schott et al.);
   ``candidate_seed`` (22): seed of numpy's legacy ``RandomState`` used for these draws.
 - ``steps`` (50) Adam updates, ``lr`` (0.05), ``beta`` (1.0).
+- ``logvar_lr`` (null = ``lr``): Adam learning rate of the log-variance (variational only). The
+  thesis fixes neither rate; Adam moves each coordinate by about ``lr`` per step, so with equal
+  rates σ can shrink from the candidates' 1 to only about exp(-steps·lr/2) in ``steps`` steps.
 - ``radius`` (null): L2 ball radius of the latent mean after every step; null = no projection.
 - ``encoder_candidate``: include the encoder's (μ, log σ²) as an extra candidate (E-ABS).
 - ``binarize`` (null or a threshold): inputs become ``x > threshold`` first; gradients pass it
@@ -92,6 +95,7 @@ class AbsConfig:
     candidate_seed: int = 22
     steps: int = 50
     lr: float = 0.05
+    logvar_lr: float | None = None
     beta: float = 1.0
     radius: float | None = None
     encoder_candidate: bool = False
@@ -123,6 +127,8 @@ class AbsConfig:
             raise ValueError(f"score_scale {self.score_scale!r}: expected one of {list(SCORE_SCALES)}")
         if self.n_init < 1 or self.steps < 0 or self.lr <= 0 or self.beta < 0:
             raise ValueError("expected n_init >= 1, steps >= 0, lr > 0, beta >= 0")
+        if self.logvar_lr is not None and self.logvar_lr <= 0:
+            raise ValueError(f"logvar_lr {self.logvar_lr}: expected a positive number or null")
         if not 0 < self.candidate_keep <= 1:
             raise ValueError(f"candidate_keep {self.candidate_keep}: expected a fraction in (0, 1]")
         if self.radius is not None and self.radius <= 0:
@@ -447,9 +453,12 @@ class ABSDefense(Defense):
         xf = x.flatten(1)
         scale = self._score_scale(xf.shape[1])
         params = [state.mu.requires_grad_(True)]
+        groups: list[dict[str, Any]] = [{"params": [state.mu], "lr": self.cfg.lr}]
         if state.logvar is not None:
             params.append(state.logvar.requires_grad_(True))
-        opt = torch.optim.Adam(params, lr=self.cfg.lr)
+            groups.append({"params": [state.logvar], "lr": self.cfg.logvar_lr or self.cfg.lr})
+        # Adam is element-wise: one group per tensor with equal rates is the single-group optimiser.
+        opt = torch.optim.Adam(groups)
         with torch.enable_grad():
             for _ in range(steps):
                 eps = torch.randn_like(state.mu) if state.logvar is not None else None

@@ -2,7 +2,11 @@
 
 Both hold out ``val_fraction`` of the training set (fixed by the seed) and report validation
 accuracy every epoch; Adam and batch size follow the thesis (lr 1e-3, batch 512), epochs are
-whatever the entry records (far fewer than the thesis's 500 on a GPU).
+whatever the entry records (far fewer than the thesis's 500 on a GPU). ``lr_halve_every: E``
+halves the learning rate every E epochs (the thesis halves it every 200); the rate is a function
+of the epoch, so a resumed run follows the same schedule. ``adv_pgd`` also reports the accuracy
+of ``val_robust_n`` validation images under its own training attack, the number to choose its
+settings on (never the test split).
 """
 
 from __future__ import annotations
@@ -29,15 +33,29 @@ def _setup(ctx: TrainContext):
     return model, opt, (xtr, ytr), (xval, yval)
 
 
+def epoch_lr(base: float, epoch: int, halve_every: int | None) -> float:
+    """Learning rate of ``epoch`` (0-based): ``base`` halved every ``halve_every`` epochs."""
+    return base if not halve_every else base * 0.5 ** (epoch // halve_every)
+
+
 def _train_loop(ctx: TrainContext, model: nn.Module, opt: torch.optim.Optimizer,
                 train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
-                make_inputs: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], label: str) -> None:
+                make_inputs: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], label: str,
+                extra_metrics: Callable[[], dict[str, float]] | None = None) -> None:
     """Cross-entropy epochs on ``make_inputs(xb, yb)`` (xb (B, C, H, W) -> (B, C, H, W))."""
     xtr, ytr = train
     bs = int(ctx.hparam("batch_size", 512, int))
     n_batches = (len(ytr) + bs - 1) // bs
+    base_lr = float(ctx.hparam("lr", 1e-3, (int, float)))
+    halve_every = (ctx.hparam("lr_halve_every", None, int)
+                   if ctx.entry.train.get("lr_halve_every") is not None else None)
+    if halve_every is not None and halve_every < 1:
+        raise ZooError(f"expected a positive number of epochs, got {halve_every}",
+                       file=ctx.entry.entry_file, key="train.lr_halve_every")
 
     def epoch_fn(epoch: int) -> dict[str, float]:
+        for group in opt.param_groups:
+            group["lr"] = epoch_lr(base_lr, epoch, halve_every)
         total, seen = 0.0, 0
         with ctx.progress() as prog:
             task = prog.add_task(f"{ctx.entry.id} {label} epoch {epoch + 1}/{ctx.epochs}",
@@ -54,7 +72,10 @@ def _train_loop(ctx: TrainContext, model: nn.Module, opt: torch.optim.Optimizer,
                 seen += len(yb)
                 prog.update(task, advance=1, status=f"loss {total / seen:.4f}")
         model.eval()
-        return {"train_loss": total / seen, "val_acc": accuracy(model.predict, *val)}
+        metrics = {"train_loss": total / seen, "val_acc": accuracy(model.predict, *val)}
+        if extra_metrics is not None:
+            metrics.update(extra_metrics())
+        return metrics
 
     run_epochs(ctx, {"model": model}, {"opt": opt}, epoch_fn)
     model.eval()
@@ -63,14 +84,31 @@ def _train_loop(ctx: TrainContext, model: nn.Module, opt: torch.optim.Optimizer,
     ctx.save_weights(model.state_dict())
 
 
+def random_shift(x: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Each image of x (B, C, H, W) translated by its own random offset in [-pixels, pixels]²
+    (zero fill), drawn from the global RNG."""
+    if pixels <= 0:
+        return x
+    b, c, h, w = x.shape
+    xp = nn.functional.pad(x, (pixels, pixels, pixels, pixels))
+    oy = torch.randint(0, 2 * pixels + 1, (b,))
+    ox = torch.randint(0, 2 * pixels + 1, (b,))
+    rows = (oy[:, None] + torch.arange(h)[None])[:, None, :, None]  # (B, 1, H, 1)
+    cols = (ox[:, None] + torch.arange(w)[None])[:, None, None, :]  # (B, 1, 1, W)
+    return xp[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+
+
 @register_recipe("cnn_noise")
 def cnn_noise(ctx: TrainContext) -> None:
-    """Cross-entropy on x + N(0, noise_sigma²) clipped to [0, 1] (train.noise_sigma)."""
+    """Cross-entropy on x + N(0, noise_sigma²) clipped to [0, 1] (train.noise_sigma), after an
+    optional random translation of up to ``shift`` pixels (train.shift, default 0)."""
     sigma = float(ctx.hparam("noise_sigma", 0.0, (int, float)))
+    shift = int(ctx.hparam("shift", 0, int))
     model, opt, train, val = _setup(ctx)
 
     def noisy(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        # noise from the global RNG, seeded by run_epochs and restored on resume
+        # shifts and noise from the global RNG, seeded by run_epochs and restored on resume
+        xb = random_shift(xb, shift)
         return (xb + sigma * torch.randn_like(xb)).clamp(0, 1) if sigma > 0 else xb
 
     _train_loop(ctx, model, opt, train, val, noisy, f"noise σ={sigma}")
@@ -113,4 +151,11 @@ def adv_pgd(ctx: TrainContext) -> None:
         model.eval()
         return attack(xb, yb).detach()
 
-    _train_loop(ctx, model, opt, train, val, adversarial, f"PGD-{threat} ε={eps}")
+    n_rob = int(ctx.hparam("val_robust_n", 500, int))
+    xv, yv = val[0][:n_rob], val[1][:n_rob]
+
+    def robust_val() -> dict[str, float]:
+        # the training attack on held-out images: a selection signal, not the reported robustness
+        return {"val_robust_acc": accuracy(model.predict, adversarial(xv, yv), yv)} if n_rob else {}
+
+    _train_loop(ctx, model, opt, train, val, adversarial, f"PGD-{threat} ε={eps}", robust_val)
