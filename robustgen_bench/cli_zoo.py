@@ -137,13 +137,14 @@ def train_command(
     epochs: Annotated[Optional[int], typer.Option(help="Total epochs (default: train.epochs).")] = None,
     no_resume: Annotated[bool, typer.Option("--no-resume", help="Ignore existing checkpoints.")] = False,
     data_dir: Annotated[Optional[Path], typer.Option(help="Dataset root (else $RGBENCH_DATA).")] = None,
+    device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
     """Train ENTRY_ID with its recipe; writes weights.safetensors and updates its sha256."""
     from robustgen_bench.train import train_entry
 
     try:
         path = train_entry(entry_id, resume=not no_resume, epochs=epochs, data_dir=data_dir,
-                           console=console)
+                           console=console, device=device)
     except UserInputError as e:
         raise _user_error(e) from None
     console.print(f"wrote {path}; re-measure with `rgbench zoo check {entry_id} --n 10000`")

@@ -102,3 +102,34 @@ def test_zoo_check_takes_the_device(tmp_zoo) -> None:
     proc = run_cli("zoo", "check", "mnist/tiny-cnn", "--device", "gpu", "--root", tmp_zoo,
                    timeout=120)
     assert proc.returncode == 2 and "--device" in proc.stderr, proc.stderr
+
+
+def test_train_refuses_a_device_it_cannot_use(tmp_path: Path) -> None:
+    entry = REPO / "model_zoo" / "mnist" / "cnn" / "entry.yaml"
+    before = entry.read_text()
+    for value in ["gpu"] + ([] if torch.cuda.is_available() else ["cuda:0"]):
+        proc = run_cli("train", "mnist/cnn", "--device", value, cwd=REPO, timeout=120,
+                       env={"RGBENCH_CHECKPOINTS": str(tmp_path / "ckpt")})
+        assert proc.returncode == 2, proc.stderr
+        assert "--device" in proc.stderr and "Traceback" not in proc.stderr
+    assert entry.read_text() == before and not (tmp_path / "ckpt").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cnn_recipe_trains_on_cuda_and_saves_cpu_weights(tmp_path: Path, monkeypatch) -> None:
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from robustgen_bench.train import TrainContext, train_entry
+
+    dst = tmp_path / "zoo" / "mnist" / "cnn"
+    dst.mkdir(parents=True)
+    shutil.copy(REPO / "model_zoo" / "mnist" / "cnn" / "entry.yaml", dst / "entry.yaml")
+    original = TrainContext.load_data
+    monkeypatch.setattr(TrainContext, "load_data",
+                        lambda self, split: tuple(t[:1024] for t in original(self, split)))
+    path = train_entry("mnist/cnn", epochs=1, root=tmp_path / "zoo",
+                       checkpoint_root=tmp_path / "ckpt", device="cuda")
+    weights = load_file(str(path))
+    assert weights and all(t.device.type == "cpu" for t in weights.values())

@@ -85,7 +85,10 @@ class TrainContext:
     """Everything a recipe needs; recipes read hyper-parameters from ``entry.train``.
 
     ``epochs`` is the total number of epochs to reach (``--epochs`` overrides ``train.epochs``);
-    ``resume`` says whether the recipe may continue from ``checkpoint_dir``.
+    ``resume`` says whether the recipe may continue from ``checkpoint_dir``. ``device``: where the
+    recipe puts its networks and data (``load_data`` returns tensors there); weights are saved
+    from the CPU either way. Checkpoints hold the CPU generator only, so a run on a GPU resumes
+    with the right weights and schedule but not with bit-identical noise.
     """
 
     entry: ZooEntry
@@ -96,6 +99,7 @@ class TrainContext:
     resume: bool = True
     console: Console = field(default_factory=Console)
     weights_written: list[Path] = field(default_factory=list)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     def hparam(self, key: str, default: Any = None, kind: type | tuple[type, ...] | None = None) -> Any:
         """``entry.train[key]`` (or ``default``); ZooError naming ``train.<key>`` on a wrong type."""
@@ -122,7 +126,8 @@ class TrainContext:
         """The entry's dataset split: x (N, C, H, W) in [0, 1], y (N,)."""
         from robustgen_bench.data import load_tensors
 
-        return load_tensors(self.entry.dataset, split, self.data_dir)
+        x, y = load_tensors(self.entry.dataset, split, self.data_dir)
+        return x.to(self.device), y.to(self.device)
 
     def save_weights(self, state: Mapping[str, torch.Tensor], file: str | None = None) -> Path:
         """Write ``state`` with safetensors into the entry folder and update its sha256 in entry.yaml.
@@ -175,12 +180,16 @@ def update_sha256(entry_file: Path, file: str, digest: str) -> None:
 
 def train_entry(entry_id: str, *, resume: bool = True, epochs: int | None = None,
                 data_dir: str | Path | None = None, root: Path | None = None,
-                checkpoint_root: Path | None = None, console: Console | None = None) -> Path:
+                checkpoint_root: Path | None = None, console: Console | None = None,
+                device: str | torch.device = "cpu") -> Path:
     """Train entry ``entry_id`` with its recipe; returns the written weights path.
 
     ``root`` is the zoo root (default ``RGBENCH_ZOO`` / ``model_zoo``); ``checkpoint_root``
-    defaults to :func:`checkpoints_root`.
+    defaults to :func:`checkpoints_root`; ``device`` as for ``rgbench run --device``.
     """
+    from robustgen_bench.device import resolve_device
+
+    dev = resolve_device(device)
     entry = get_entry(entry_id, root)
     recipe_name = entry.train.get("recipe")
     if not isinstance(recipe_name, str):
@@ -200,7 +209,7 @@ def train_entry(entry_id: str, *, resume: bool = True, epochs: int | None = None
     ctx = TrainContext(
         entry=entry, data_dir=Path(data_dir) if data_dir else None,
         checkpoint_dir=(checkpoint_root or checkpoints_root()) / entry.id, seed=seed,
-        epochs=n_epochs, resume=resume, console=console or Console(),
+        epochs=n_epochs, resume=resume, console=console or Console(), device=dev,
     )
     ctx.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     recipe(ctx)

@@ -181,7 +181,7 @@ def discriminator_loss(nets: GenerativeNets, spec: GenerativeTrainSpec, x_in: to
     if spec.shared_encoder:
         z_enc = latents[0]
         assert z_enc is not None
-        z_prior = torch.randn(len(z_enc), d)
+        z_prior = torch.randn(len(z_enc), d, device=z_enc.device)
         disc = nets.discriminators[0]
         return spec.beta * (F.softplus(-disc(z_prior)) + F.softplus(disc(z_enc))).mean()
     # class-specific discriminators see latents of all images through their class's encoder
@@ -191,7 +191,7 @@ def discriminator_loss(nets: GenerativeNets, spec: GenerativeTrainSpec, x_in: to
     for k in range(spec.num_classes):
         with torch.no_grad(), frozen_bn_stats(nets.encoders[k]):
             z_enc = reparameterize(*nets.encoders[k].latent(x_in))
-        z_prior = torch.randn(len(z_enc), d)
+        z_prior = torch.randn(len(z_enc), d, device=z_enc.device)
         disc = nets.discriminators[k]
         loss = loss + (F.softplus(-disc(z_prior)) + F.softplus(disc(z_enc))).mean()
     return spec.beta * loss / spec.num_classes
@@ -279,7 +279,7 @@ def train_generative(ctx: TrainContext) -> None:
     (x_tr, y_tr), (x_val, y_val) = train_val_split(x, y, spec.val_fraction, ctx.seed)
     x_val, y_val = x_val[:spec.val_max], y_val[:spec.val_max]
     torch.manual_seed(ctx.seed)  # initial weights fixed by the seed
-    nets = build_nets(entry.config, spec.num_classes)
+    nets = build_nets(entry.config, spec.num_classes).to(ctx.device)
     optimizers = make_optimizers(nets, spec)
     per_epoch = min(len(y_tr), spec.examples_per_epoch or len(y_tr))
     n_batches = (per_epoch + spec.batch_size - 1) // spec.batch_size
@@ -295,6 +295,7 @@ def train_generative(ctx: TrainContext) -> None:
             batches = batch_indices(len(y_tr), spec.batch_size, ctx.seed, epoch)
             # the first n_batches of this epoch's permutation: a fresh random subset per epoch
             for i, idx in zip(range(n_batches), batches):
+                idx = idx.to(y_tr.device)
                 out = train_step(nets, spec, optimizers, x_tr[idx], y_tr[idx])
                 for k, v in out.items():
                     sums[k] = sums.get(k, 0.0) + v

@@ -25,7 +25,7 @@ from robustgen_bench.zoo import build_defense, get_entry
 def _setup(ctx: TrainContext):
     """Seeded model (from the entry's family), Adam and the train/val split."""
     torch.manual_seed(ctx.seed)
-    model = build_defense(ctx.entry, load_weights=False)
+    model = build_defense(ctx.entry, load_weights=False).to(ctx.device)
     opt = torch.optim.Adam(model.parameters(), lr=float(ctx.hparam("lr", 1e-3, (int, float))))
     x, y = ctx.load_data("train")
     (xtr, ytr), (xval, yval) = train_val_split(
@@ -61,6 +61,7 @@ def _train_loop(ctx: TrainContext, model: nn.Module, opt: torch.optim.Optimizer,
             task = prog.add_task(f"{ctx.entry.id} {label} epoch {epoch + 1}/{ctx.epochs}",
                                  total=n_batches, status="")
             for idx in batch_indices(len(ytr), bs, ctx.seed, epoch):
+                idx = idx.to(ytr.device)
                 xb, yb = xtr[idx], ytr[idx]
                 inputs = make_inputs(xb, yb)
                 model.train()
@@ -91,11 +92,13 @@ def random_shift(x: torch.Tensor, pixels: int) -> torch.Tensor:
         return x
     b, c, h, w = x.shape
     xp = nn.functional.pad(x, (pixels, pixels, pixels, pixels))
-    oy = torch.randint(0, 2 * pixels + 1, (b,))
-    ox = torch.randint(0, 2 * pixels + 1, (b,))
-    rows = (oy[:, None] + torch.arange(h)[None])[:, None, :, None]  # (B, 1, H, 1)
-    cols = (ox[:, None] + torch.arange(w)[None])[:, None, None, :]  # (B, 1, 1, W)
-    return xp[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+    dev = x.device
+    oy = torch.randint(0, 2 * pixels + 1, (b,)).to(dev)  # CPU generator: same shifts on any device
+    ox = torch.randint(0, 2 * pixels + 1, (b,)).to(dev)
+    rows = (oy[:, None] + torch.arange(h, device=dev)[None])[:, None, :, None]  # (B, 1, H, 1)
+    cols = (ox[:, None] + torch.arange(w, device=dev)[None])[:, None, None, :]  # (B, 1, 1, W)
+    return xp[torch.arange(b, device=dev)[:, None, None, None],
+              torch.arange(c, device=dev)[None, :, None, None], rows, cols]
 
 
 @register_recipe("cnn_noise")

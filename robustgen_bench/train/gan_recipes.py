@@ -118,7 +118,7 @@ def fingerprint(*parts: object, module: nn.Module | None = None) -> str:
     if module is not None:
         for k, v in sorted(module.state_dict().items()):
             h.update(k.encode())
-            h.update(v.detach().contiguous().numpy().tobytes())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
@@ -175,7 +175,8 @@ def train_gan(x: torch.Tensor, y: torch.Tensor, g: GanGeometry, s: PartSettings,
               log: Log = print) -> tuple[Generator, ProjectionDiscriminator]:
     """Hinge-loss conditional GAN on x (N, 1, 28, 28) in [0, 1], y (N,); returns (G, D) in eval mode."""
     torch.manual_seed(s.seed)
-    G, D = Generator(g), ProjectionDiscriminator(g)
+    dev = x.device
+    G, D = Generator(g).to(dev), ProjectionDiscriminator(g).to(dev)
     oG = torch.optim.Adam(G.parameters(), s.lr, betas=(0.5, 0.999))
     oD = torch.optim.Adam(D.parameters(), s.disc_lr or s.lr, betas=(0.5, 0.999))
 
@@ -185,10 +186,11 @@ def train_gan(x: torch.Tensor, y: torch.Tensor, g: GanGeometry, s: PartSettings,
         tot_d = tot_g = 0.0
         batches = _batches(len(x), s.batch_size, s.seed, epoch)
         for idx in batches:
+            idx = idx.to(dev)
             xr, yr = x[idx], y[idx]
-            yf = torch.randint(0, g.num_classes, (len(idx),))
+            yf = torch.randint(0, g.num_classes, (len(idx),), device=dev)
             with torch.no_grad():
-                xf = G(torch.randn(len(idx), g.latent_dim), yf)
+                xf = G(torch.randn(len(idx), g.latent_dim, device=dev), yf)
             loss_d = F.relu(1 - D(xr, yr)).mean() + F.relu(1 + D(xf, yf)).mean()
             oD.zero_grad()
             loss_d.backward()
@@ -196,11 +198,11 @@ def train_gan(x: torch.Tensor, y: torch.Tensor, g: GanGeometry, s: PartSettings,
             if s.diversity_weight:
                 half = len(idx) // 2  # pairs (i, i + half) share a class and differ in z
                 yf = torch.cat([yf[:half], yf[:half]])
-                z = torch.randn(len(yf), g.latent_dim)
+                z = torch.randn(len(yf), g.latent_dim, device=dev)
                 xf = G(z, yf)
                 loss_g = -D(xf, yf).mean() - s.diversity_weight * diversity(xf, z, s.diversity_cap)
             else:
-                loss_g = -D(G(torch.randn(len(idx), g.latent_dim), yf), yf).mean()
+                loss_g = -D(G(torch.randn(len(idx), g.latent_dim, device=dev), yf), yf).mean()
             oG.zero_grad()
             loss_g.backward()
             oG.step()
@@ -221,9 +223,10 @@ def train_encoder(x: torch.Tensor, y: torch.Tensor, G: Generator, D_image: Proje
     The generator stays frozen (eval mode, no gradient to its weights). Returns E in eval mode.
     """
     torch.manual_seed(s.seed)
-    E = Encoder(g)
+    dev = x.device
+    E = Encoder(g).to(dev)
     G.eval().requires_grad_(False)
-    disc: nn.Module = LatentDiscriminator(g) if latent_disc else D_image
+    disc: nn.Module = LatentDiscriminator(g).to(dev) if latent_disc else D_image
     oE = torch.optim.Adam(E.parameters(), s.lr * 5, betas=(0.5, 0.999))
     oD = torch.optim.Adam(disc.parameters(), s.lr, betas=(0.5, 0.999))
 
@@ -233,6 +236,7 @@ def train_encoder(x: torch.Tensor, y: torch.Tensor, G: Generator, D_image: Proje
         tot_rec = tot_adv = 0.0
         batches = _batches(len(x), s.batch_size, s.seed, epoch)
         for idx in batches:
+            idx = idx.to(dev)
             xr, yr = x[idx], y[idx]
             z = E(xr)
             rec = G(z, yr)
@@ -271,7 +275,7 @@ def train_feature_net(x: torch.Tensor, y: torch.Tensor, g: GanGeometry, s: PartS
                       part_dir: Path, log: Log = print) -> FeatureNet:
     """Noise-robust feature CNN: cross-entropy on clean and Gaussian-noised copies of each batch."""
     torch.manual_seed(s.seed)
-    net = FeatureNet(g)
+    net = FeatureNet(g).to(x.device)
     opt = torch.optim.Adam(net.parameters(), 1e-3)
 
     def epoch_fn(epoch: int) -> dict[str, float]:
@@ -279,8 +283,9 @@ def train_feature_net(x: torch.Tensor, y: torch.Tensor, g: GanGeometry, s: PartS
         tot = 0.0
         batches = _batches(len(x), s.batch_size, s.seed, epoch)
         for idx in batches:
+            idx = idx.to(x.device)
             xr, yr = x[idx], y[idx]
-            sigma = torch.rand(len(idx), 1, 1, 1) * s.noise_max
+            sigma = torch.rand(len(idx), 1, 1, 1, device=x.device) * s.noise_max
             xn = (xr + sigma * torch.randn_like(xr)).clamp(0, 1)
             loss = F.cross_entropy(net(torch.cat([xr, xn])), torch.cat([yr, yr]))
             opt.zero_grad()
@@ -296,17 +301,17 @@ def train_feature_net(x: torch.Tensor, y: torch.Tensor, g: GanGeometry, s: PartS
 
 def prefixed(prefix: str, module: nn.Module) -> dict[str, torch.Tensor]:
     """``module``'s state dict with keys ``<prefix>.<key>``, tensors contiguous for safetensors."""
-    return {f"{prefix}.{k}": v.detach().contiguous().clone() for k, v in module.state_dict().items()}
+    return {f"{prefix}.{k}": v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
 
 
 def train_parts(parts: list[str], settings: dict[str, PartSettings], g: GanGeometry, dataset: str,
                 ckpt_dir: Path, *, data_dir: str | Path | None = None,
                 base_weights: dict[str, torch.Tensor] | None = None,
-                log: Log = print) -> dict[str, torch.Tensor]:
-    """Train ``parts`` in order and return the combined prefixed state dict.
+                log: Log = print, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Train ``parts`` in order and return the combined prefixed state dict (CPU tensors).
 
     ``base_weights`` (a previous entry's weights) supplies a generator/discriminator when ``gan``
-    is not among ``parts``.
+    is not among ``parts``; networks and data live on ``device``.
     """
     from robustgen_bench.data import load_tensors
 
@@ -315,6 +320,7 @@ def train_parts(parts: list[str], settings: dict[str, PartSettings], g: GanGeome
     if unknown:
         raise ValueError(f"unknown parts {unknown}; expected some of {list(PARTS)}")
     x, y = load_tensors(dataset, "train", data_dir)
+    x, y = x.to(device), y.to(device)
     out: dict[str, torch.Tensor] = {}
     G: Generator | None = None
     D: ProjectionDiscriminator | None = None
@@ -322,7 +328,7 @@ def train_parts(parts: list[str], settings: dict[str, PartSettings], g: GanGeome
         s = settings["gan"]
         G, D = train_gan(x[: s.limit], y[: s.limit], g, s, ckpt_dir / "gan", log)
     elif base_weights is not None:
-        G, D = Generator(g), ProjectionDiscriminator(g)
+        G, D = Generator(g).to(device), ProjectionDiscriminator(g).to(device)
         G.load_state_dict(_strip(base_weights, "generator."))
         D.load_state_dict(_strip(base_weights, "discriminator."))
         G.eval()
@@ -387,7 +393,7 @@ def gan_abs_recipe(ctx: TrainContext) -> None:
                 f.unlink()
     state = train_parts(list(parts), {p: s for p in PARTS}, GanGeometry.from_config(cfg),
                         ctx.entry.dataset, ctx.checkpoint_dir, data_dir=ctx.data_dir,
-                        base_weights=base_weights, log=ctx.console.print)
+                        base_weights=base_weights, log=ctx.console.print, device=ctx.device)
     ctx.save_weights(state)
 
 
