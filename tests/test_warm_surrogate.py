@@ -145,3 +145,54 @@ attacks:
     p.write_text(text.replace("surrogate: full", "surrogate: fast"))
     with pytest.raises(ConfigError, match="attacks\\[1\\].surrogate"):
         load_suite(p)
+
+
+# ---- GAN-ABS: the same contract --------------------------------------------------------------
+
+def _gan(**kw: object):
+    from test_gan_abs import tiny_defense
+
+    return tiny_defense(**kw)
+
+
+@pytest.mark.parametrize("plus", [False, True])
+def test_gan_abs_warm_from_its_own_start_with_all_steps_is_the_full_hook(plus: bool) -> None:
+    d = _gan(plus_variant=plus, batch_size=2)  # 3 images: two chunks
+    x = _images()
+    cold, state = d.warm_solution(x, None, steps=d.settings.steps)
+    torch.testing.assert_close(d.logits_at_solution(x, cold), d.surrogate_logits(x))
+    # started from the initialiser's codes themselves, k = steps reproduces the full inversion
+    own_start = [type(s)(z=s.z_init, z_init=s.z_init,
+                         offsets=None if s.offsets is None else torch.zeros_like(s.offsets))
+                 for s in state]
+    warm, _ = d.warm_solution(x, own_start, steps=d.settings.steps)
+    torch.testing.assert_close(d.logits_at_solution(x, warm), d.surrogate_logits(x))
+
+
+def test_gan_abs_warm_start_is_chosen_by_score_and_continues_the_path() -> None:
+    d = _gan()
+    x = _images()
+    _, state = d.warm_solution(x, None, steps=1)
+    x2 = (x + 0.002).clamp(0, 1)
+    one_warm, _ = d.warm_solution(x2, state, steps=1)
+    one_cold = [d.invert(xb, steps=1) for xb in d._chunks(x2)]
+    # logits = -losses: one step from the previous optimum fits no worse than one from scratch
+    assert bool((d.logits_at_solution(x2, one_warm) >= d.logits_at_solution(x2, one_cold) - 1e-5).all())
+    # a far-away previous solution loses to the initialiser everywhere
+    far = [type(s)(z=s.z + 50.0, z_init=s.z_init, offsets=s.offsets) for s in state]
+    chosen, _ = d.warm_solution(x2, far, steps=0)
+    for c, xb in zip(chosen, d._chunks(x2)):
+        torch.testing.assert_close(c.z, d.initial_codes(xb))
+    with pytest.raises(ValueError, match="batch shape"):
+        d.warm_solution(x2[:2], state, steps=1)
+
+
+def test_gan_abs_through_the_warm_surrogate() -> None:
+    d = _gan()
+    x = _images()
+    s = Surrogate(d, warm=WarmStart(steps=2))
+    s(x)
+    s((x + 0.001).clamp(0, 1))
+    assert s.calls == {"cold": 1, "warm": 1}
+    s(x[:2])  # another batch size: cold, never the stale solution
+    assert s.calls == {"cold": 2, "warm": 1}

@@ -428,16 +428,25 @@ class GanAbs(Defense):
 
     # -- Algorithm 2 -------------------------------------------------------------------------
     def invert(self, x: torch.Tensor, z_init: torch.Tensor | None = None,
-               steps: int | None = None) -> Inversion:
-        """Optimise z (and the "+" offsets) for every class with Adam + cyclical LR; no graph to x."""
+               steps: int | None = None, start: Inversion | None = None) -> Inversion:
+        """Optimise z (and the "+" offsets) for every class with Adam + cyclical LR; no graph to x.
+
+        The regulariser is anchored at ``z_init`` (default: the initialiser's codes for x); the
+        optimisation starts there, or at ``start.z`` (and ``start.offsets``) when given (the warm
+        start); ``steps`` overrides the settings' (the cyclical schedule spans them).
+        """
         s = self.settings
         x = x.detach()
         z_init = self.initial_codes(x) if z_init is None else z_init.detach()
-        z = z_init.clone().requires_grad_(True)
+        z = (z_init if start is None else start.z).detach().clone().requires_grad_(True)
         params = [z]
         offsets = None
         if s.plus_variant:
-            offsets = torch.zeros(*z.shape[:2], self.generator.n_blocks, z.shape[2], requires_grad=True)
+            if start is not None and start.offsets is not None:
+                offsets = start.offsets.detach().clone().requires_grad_(True)
+            else:
+                offsets = torch.zeros(*z.shape[:2], self.generator.n_blocks, z.shape[2],
+                                      requires_grad=True)
             params.append(offsets)
         total = s.steps if steps is None else steps
         if total > 0:
@@ -487,6 +496,37 @@ class GanAbs(Defense):
     def inner_solution(self, x: torch.Tensor) -> list[Inversion]:
         """The detached inversion of every chunk of x (N, C, H, W)."""
         return [self.invert(xb) for xb in self._chunks(x)]
+
+    def warm_solution(self, x: torch.Tensor, previous: object | None,
+                      steps: int) -> tuple[object, object]:
+        """Warm-started inversion (see :meth:`Defense.warm_solution`); the state is the solution.
+
+        Cold (``previous`` None): the full inversion. Warm: per chunk, the regulariser stays
+        anchored at the initialiser's codes for the *current* x (the problem is the defense's
+        own); per (sample, class) the start is whichever of the previous z* (with its offsets)
+        and those codes has the lower objective on x, then ``steps`` Adam steps.
+        """
+        if previous is None:
+            solution = self.inner_solution(x)
+            return solution, solution
+        prev: list[Inversion] = previous  # type: ignore[assignment]
+        chunks = list(self._chunks(x))
+        if len(prev) != len(chunks) or any(p.z.shape[0] != len(xb) for p, xb in zip(prev, chunks)):
+            raise ValueError("warm start from a solution of another batch shape")
+        out = []
+        for xb, p in zip(chunks, prev):
+            z_init = self.initial_codes(xb)
+            with torch.no_grad():
+                zero = None if p.offsets is None else torch.zeros_like(p.offsets)
+                at_prev = self.objective(xb, p.z, z_init, p.offsets)
+                at_init = self.objective(xb, z_init, z_init, zero)
+            better = (at_prev < at_init)[..., None]  # (N, K, 1)
+            offsets = None
+            if p.offsets is not None:
+                offsets = torch.where(better[..., None], p.offsets, torch.zeros_like(p.offsets))
+            start = Inversion(z=torch.where(better, p.z, z_init), z_init=z_init, offsets=offsets)
+            out.append(self.invert(xb, z_init=z_init, steps=steps, start=start))
+        return out, out
 
     def logits_at_solution(self, x: torch.Tensor, solution: object) -> torch.Tensor:
         invs: list[Inversion] = solution  # type: ignore[assignment]
