@@ -150,7 +150,7 @@ def report(results: dict[str, dict[str, object]], args: argparse.Namespace) -> s
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("ids", nargs="+")
+    ap.add_argument("ids", nargs="*")
     ap.add_argument("--threat", choices=["l2", "linf"], default="l2")
     ap.add_argument("--epsilon", type=float, default=1.5)
     ap.add_argument("--n", type=int, default=100)
@@ -170,6 +170,8 @@ def main() -> None:
     if args.compare:
         print(compare(*args.compare))
         return
+    if not args.ids:
+        ap.error("give zoo ids to attack, or --compare A.json B.json")
     torch.set_num_threads(args.threads)
     results = {}
     warm = WarmStart(steps=args.warm) if args.warm else None
