@@ -33,7 +33,7 @@ from torch import nn
 from robustgen_bench.defenses.modules import Geometry, GenerativeNets
 from robustgen_bench.errors import ZooError
 from robustgen_bench.train import TrainContext, register_recipe
-from robustgen_bench.train.loop import batch_indices, run_epochs, train_val_split
+from robustgen_bench.train.loop import batch_indices, epoch_lr, run_epochs, train_val_split
 
 
 @dataclass(frozen=True)
@@ -287,7 +287,7 @@ def train_generative(ctx: TrainContext) -> None:
     def epoch_fn(epoch: int) -> dict[str, float]:
         for opt in optimizers.values():  # thesis: halve the learning rate every 200 epochs
             for group in opt.param_groups:
-                group["lr"] = spec.lr * 0.5 ** (epoch // spec.lr_halve_every)
+                group["lr"] = epoch_lr(spec.lr, epoch, spec.lr_halve_every)
         sums: dict[str, float] = {}
         with ctx.progress() as progress:
             task = progress.add_task(f"{entry.id} epoch {epoch + 1}/{ctx.epochs}", total=n_batches,

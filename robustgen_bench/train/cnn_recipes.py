@@ -18,7 +18,7 @@ from torch import nn
 
 from robustgen_bench.errors import UserInputError, ZooError
 from robustgen_bench.train import TrainContext, register_recipe
-from robustgen_bench.train.loop import accuracy, batch_indices, run_epochs, train_val_split
+from robustgen_bench.train.loop import accuracy, batch_indices, epoch_lr, run_epochs, train_val_split
 from robustgen_bench.zoo import build_defense, get_entry
 
 
@@ -31,11 +31,6 @@ def _setup(ctx: TrainContext):
     (xtr, ytr), (xval, yval) = train_val_split(
         x, y, float(ctx.hparam("val_fraction", 0.1, (int, float))), ctx.seed)
     return model, opt, (xtr, ytr), (xval, yval)
-
-
-def epoch_lr(base: float, epoch: int, halve_every: int | None) -> float:
-    """Learning rate of ``epoch`` (0-based): ``base`` halved every ``halve_every`` epochs."""
-    return base if not halve_every else base * 0.5 ** (epoch // halve_every)
 
 
 def _train_loop(ctx: TrainContext, model: nn.Module, opt: torch.optim.Optimizer,

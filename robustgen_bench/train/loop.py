@@ -75,6 +75,12 @@ def config_fingerprint(train: Mapping[str, Any], config: Mapping[str, Any]) -> s
     return json.dumps({"train": t, "config": dict(config)}, sort_keys=True, default=str)
 
 
+def epoch_lr(base: float, epoch: int, halve_every: int | None) -> float:
+    """Learning rate of ``epoch`` (0-based): ``base`` halved every ``halve_every`` epochs (a
+    function of the epoch, so a resumed run follows the same schedule)."""
+    return base if not halve_every else base * 0.5 ** (epoch // halve_every)
+
+
 def batch_indices(n: int, batch_size: int, seed: int, epoch: int) -> Iterator[torch.Tensor]:
     """Shuffled index batches (each (<= batch_size,) int64) fixed by (seed, epoch)."""
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
