@@ -235,7 +235,10 @@ def measure_clean_accuracy(entry_id: str, *, n: int = 10000, data_dir: str | Pat
         text = entry.entry_file.read_text()
         block = re.search(r"^measured:.*?(?=^\S|\Z)", text, flags=re.M | re.S)
         if block is None:
-            raise ZooError("no measured: block to record into", file=entry.entry_file, key="measured")
+            # A new entry has no block yet: append one rather than lose the measurement.
+            text = text.rstrip("\n") + "\nmeasured:\n  clean_accuracy: null\n  n: 0\n  split: test\n  command: null\n"
+            block = re.search(r"^measured:.*?(?=^\S|\Z)", text, flags=re.M | re.S)
+            assert block is not None
         body = re.sub(r"(clean_accuracy:\s*)(null|[0-9.eE+-]+)", rf"\g<1>{acc:.4f}", block.group(0), count=1)
         body = re.sub(r"(\bn:\s*)(\d+)", rf"\g<1>{len(y)}", body, count=1)
         body = re.sub(r"(\bcommand:\s*).*", rf'\g<1>"rgbench zoo measure {entry_id} --n {len(y)}"', body, count=1)

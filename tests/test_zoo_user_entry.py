@@ -209,3 +209,17 @@ def test_measure_records_accuracy(user_zoo: Path) -> None:
     assert measure_clean_accuracy("mnist/user-cnn", n=200, root=user_zoo, batch_size=64) == pytest.approx(
         get_entry("mnist/user-cnn", user_zoo).measured["clean_accuracy"], abs=5e-5)
     assert get_entry("mnist/user-cnn", user_zoo).measured["command"] == "rgbench zoo measure mnist/user-cnn --n 200"
+
+
+def test_measure_appends_a_missing_measured_block(user_zoo: Path) -> None:
+    """A new entry without ``measured:`` gets the block instead of losing the measurement."""
+    from robustgen_bench.zoo_check import measure_clean_accuracy
+
+    f = user_zoo / "mnist/user-cnn/entry.yaml"
+    f.write_text(re.sub(r"measured: \{.*\}\n", "", f.read_text()))
+    assert "measured:" not in f.read_text()
+    acc = measure_clean_accuracy("mnist/user-cnn", n=100, root=user_zoo)
+    entry = get_entry("mnist/user-cnn", user_zoo)
+    assert entry.measured["clean_accuracy"] == round(acc, 4) and entry.measured["n"] == 100
+    assert entry.measured["command"] == "rgbench zoo measure mnist/user-cnn --n 100"
+    assert entry.measured["split"] == "test"
