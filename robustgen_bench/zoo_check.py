@@ -233,12 +233,11 @@ def measure_clean_accuracy(entry_id: str, *, n: int = 10000, data_dir: str | Pat
     acc = correct / len(y)
     if write:
         text = entry.entry_file.read_text()
-        block = re.search(r"^measured:.*?(?=^\S|\Z)", text, flags=re.M | re.S)
-        if block is None:
+        measured = re.compile(r"^measured:.*?(?=^\S|\Z)", flags=re.M | re.S)
+        if measured.search(text) is None:
             # A new entry has no block yet: append one rather than lose the measurement.
             text = text.rstrip("\n") + "\nmeasured:\n  clean_accuracy: null\n  n: 0\n  split: test\n  command: null\n"
-            block = re.search(r"^measured:.*?(?=^\S|\Z)", text, flags=re.M | re.S)
-            assert block is not None
+        block = measured.search(text)
         body = re.sub(r"(clean_accuracy:\s*)(null|[0-9.eE+-]+)", rf"\g<1>{acc:.4f}", block.group(0), count=1)
         body = re.sub(r"(\bn:\s*)(\d+)", rf"\g<1>{len(y)}", body, count=1)
         body = re.sub(r"(\bcommand:\s*).*", rf'\g<1>"rgbench zoo measure {entry_id} --n {len(y)}"', body, count=1)
