@@ -44,16 +44,32 @@ VARIANTS = ("ce/last", "ce/best", "margin/last", "margin/best")
 def run_model(entry_id: str, threat: Threat, eps: float, n: int, steps: int, rel: float,
               batch: int, verify_draws: int, random_start: bool,
               losses: tuple[str, ...] = ("ce", "margin"),
-              warm: WarmStart | None = None) -> dict[str, object]:
-    """Per-sample robust outcomes (bool lists over the first n test images) per variant."""
+              warm: WarmStart | None = None, partial: Path | None = None,
+              first: int = 0) -> dict[str, object]:
+    """Per-sample robust outcomes (bool lists over test images first..n-1) per variant.
+
+    ``first`` > 0 runs a shard of the samples (batch seeds come from the sample indices, so two
+    shards give the rows of one run over both; ``--compare`` joins shard files).
+
+    With ``partial``, the outcomes are saved there after every batch and a restarted run
+    continues after the last saved batch (each batch is seeded from its sample indices, so the
+    resumed rows are the ones an uninterrupted run would give).
+    """
     entry = zoo.get_entry(entry_id)
     defense = zoo.build_defense(entry).eval()
     x, y = load_tensors(entry.dataset, "test", None)
-    x, y = x[:n], y[:n]
+    x, y = x[first:n], y[first:n]
     randomized = bool(entry.adaptive.randomized or getattr(defense, "randomized", False))
     draws = verify_draws if randomized else 1
-    clean = torch.cat([predict_draws(defense, x[i:i + batch], 1)[0] for i in range(0, n, batch)])
+    torch.manual_seed(0)  # a randomized defense's clean draws too are the same on a resumed run
+    clean = torch.cat([predict_draws(defense, x[i:i + batch], 1)[0] for i in range(0, len(x), batch)])
     out: dict[str, object] = {"clean": (clean == y).tolist(), "seconds": {}}
+    state: dict[str, dict[str, object]] = {}
+    if partial is not None and partial.exists():
+        state = json.loads(partial.read_text())
+        if state.get("n") != n or state.get("first", 0) != first:
+            raise SystemExit(f"{partial}: saved for other samples (n, first); remove it")
+    state["n"], state["first"] = n, first  # type: ignore[assignment]
     for loss in losses:
         spec = AttackSpec(id=f"pgd-{loss}", library="foolbox", attack=ATTACKS[threat],
                           threat=threat, epsilon=eps, verify_draws=verify_draws, seed=0,
@@ -71,12 +87,16 @@ def run_model(entry_id: str, threat: Threat, eps: float, n: int, steps: int, rel
             return o
 
         attack._run = capture  # type: ignore[method-assign]  # instrumentation only
-        best, last = [], []
-        t0 = time.process_time()
-        for i in range(0, n, batch):
+        saved = state.get(loss, {"best": [], "last": [], "seconds": 0.0})
+        best, last = list(saved["best"]), list(saved["last"])  # type: ignore[call-overload]
+        if len(best) % batch and len(best) < len(x):
+            raise SystemExit(f"{partial}: {len(best)} samples saved, not a multiple of --batch {batch}")
+        t0 = time.process_time() - float(saved["seconds"])  # type: ignore[arg-type]
+        for i in range(len(best), len(x), batch):
             xs, ys, cs = x[i:i + batch], y[i:i + batch], clean[i:i + batch]
             finals.clear()
-            rows = attack(defense, entry.adaptive, xs, ys, list(range(i, i + len(xs))), cs)
+            rows = attack(defense, entry.adaptive, xs, ys,
+                          list(range(first + i, first + i + len(xs))), cs)
             best += [r.adv_correct for r in rows]
             attacked = torch.nonzero(cs == ys).flatten()
             robust_last = (cs == ys).clone()
@@ -84,10 +104,15 @@ def run_model(entry_id: str, threat: Threat, eps: float, n: int, steps: int, rel
                 xa = finals[0]
                 dist = threat.norm(xa - xs[attacked]).double()
                 ok = (dist <= eps + 1e-6) & (xa.flatten(1).amin(1) >= 0) & (xa.flatten(1).amax(1) <= 1)
-                votes = majority_vote(predict_draws(defense, xa, draws), ys[attacked])
+                with torch.random.fork_rng():  # per-batch seed: a resumed run draws the same
+                    torch.manual_seed(1_000_003 * (first + i) + 17)
+                    votes = majority_vote(predict_draws(defense, xa, draws), ys[attacked])
                 robust_last[attacked] = ~(ok & (votes != ys[attacked]))
             last += robust_last.tolist()
-            print(f"  {entry_id} {loss}: {i + len(xs)}/{n}", flush=True)
+            if partial is not None:
+                state[loss] = {"best": best, "last": last, "seconds": time.process_time() - t0}
+                partial.write_text(json.dumps(state))
+            print(f"  {entry_id} {loss}: {first + i + len(xs)}/{n}", flush=True)
         out["seconds"][loss] = time.process_time() - t0  # type: ignore[index]
         out[f"{loss}/best"], out[f"{loss}/last"] = best, last
     return out
@@ -105,9 +130,28 @@ def _pair(a: list[bool], b: list[bool]) -> str:
     return f"{int(np.sum(aa & ~bb))} / {int(np.sum(~aa & bb))}, p = {mcnemar_pvalue(aa, bb):.2g}"
 
 
+def _load_joined(spec: str) -> dict[str, dict[str, object]]:
+    """A result file, or comma-separated shard files (in sample order) joined into one."""
+    joined: dict[str, dict[str, object]] = {}
+    for part in spec.split(","):
+        for mid, r in json.loads(Path(part).read_text()).items():
+            j = joined.setdefault(mid, {"seconds": {}})
+            for key, v in r.items():
+                if key == "seconds":
+                    for loss, sec in v.items():
+                        j["seconds"][loss] = j["seconds"].get(loss, 0.0) + sec  # type: ignore[union-attr]
+                else:
+                    j[key] = list(j.get(key, [])) + list(v)  # type: ignore[call-overload]
+    return joined
+
+
 def compare(a_file: Path, b_file: Path, column: str = "margin/best") -> str:
-    """Markdown rows comparing ``column`` of two result files (same models, same samples)."""
-    a, b = json.loads(a_file.read_text()), json.loads(b_file.read_text())
+    """Markdown rows comparing ``column`` of two result files (same models, same samples).
+
+    Either side may be comma-separated shard files (``--first``), joined in the order given.
+    """
+    a, b = _load_joined(str(a_file)), _load_joined(str(b_file))
+    a_file, b_file = (Path(str(f).split(",")[0]) for f in (a_file, b_file))  # names for the header
     lines = [f"| model | {a_file.name} | {b_file.name} | robust only in {a_file.name} / only in "
              f"{b_file.name}, McNemar | CPU s ({a_file.name}, {b_file.name}) |",
              "|---|---|---|---|---|"]
@@ -154,6 +198,8 @@ def main() -> None:
     ap.add_argument("--threat", choices=["l2", "linf"], default="l2")
     ap.add_argument("--epsilon", type=float, default=1.5)
     ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--first", type=int, default=0,
+                    help="attack samples first..n-1 only (a shard; --compare joins shard files)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--rel-stepsize", type=float, default=0.1)
     ap.add_argument("--no-random-start", dest="random_start", action="store_false")
@@ -178,7 +224,10 @@ def main() -> None:
     for mid in args.ids:
         results[mid] = run_model(mid, Threat(args.threat), args.epsilon, args.n, args.steps,
                                  args.rel_stepsize, args.batch, args.verify_draws,
-                                 args.random_start, tuple(args.losses.split(",")), warm)
+                                 args.random_start, tuple(args.losses.split(",")), warm,
+                                 partial=(args.out.with_suffix(f".{mid.replace('/', '_')}"
+                                                               f".{args.threat}.partial.json")
+                                          if args.out else None), first=args.first)
         text = report(results, args)
         print(text, flush=True)
         if args.out:  # after every model, so a stopped run keeps what it finished
