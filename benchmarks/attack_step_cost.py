@@ -8,9 +8,17 @@ warm hook sees what it sees in an attack). Also reports how far the warm logits 
 hook's on the same inputs (max |difference| relative to the logit spread) and whether the argmax
 agrees. The figures are CPU time of this process (steadier than wall time on a shared machine).
 
+With ``--predict N`` it measures the deployed ``predict`` instead, on the first N test images:
+the reference networks (``fused_inference = False``) against the inference copies with BatchNorm
+folded and ELU via exp (``defenses/fused.py``), same weights, same process, samples per CPU
+second, and how many predictions agree (deterministic entries: identical argmax; randomized
+entries: accuracy of each with a Wilson interval and the exact McNemar p-value of correctness).
+
 Usage:
     .venv/bin/python benchmarks/attack_step_cost.py mnist/abs-schott2019 mnist/abs mnist/eabs \\
         --n 10 --steps 5 --warm-steps 5
+    .venv/bin/python benchmarks/attack_step_cost.py mnist/abs-schott2019 mnist/abs mnist/eabs \\
+        --predict 1000
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import torch
 from robustgen_bench import zoo
 from robustgen_bench.adaptive import Surrogate, WarmStart
 from robustgen_bench.data import load_tensors
+from robustgen_bench.stats import mcnemar_pvalue, wilson_interval
 
 
 def path_costs(surrogate: Surrogate, x: torch.Tensor, y: torch.Tensor, steps: int,
@@ -44,6 +53,51 @@ def path_costs(surrogate: Surrogate, x: torch.Tensor, y: torch.Tensor, steps: in
     return costs, logits
 
 
+def _timed_predict(defense: torch.nn.Module, x: torch.Tensor, batch: int) -> tuple[torch.Tensor, float]:
+    """Argmax predictions (N,) of ``defense.predict`` in batches and the process CPU seconds."""
+    t0 = time.process_time()
+    pred = torch.cat([defense.predict(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])
+    return pred, time.process_time() - t0
+
+
+def _acc(correct: torch.Tensor) -> str:
+    k, m = int(correct.sum()), len(correct)
+    lo, hi = wilson_interval(k, m)
+    return f"{100 * k / m:.2f} % [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def predict_speed(ids: list[str], n: int, batch: int) -> None:
+    """Reference vs fused ``predict`` on the first n test images (see the module docstring)."""
+    print("| model | reference samples/CPU-s | fused samples/CPU-s | ratio | predictions |")
+    print("|---|---|---|---|---|")
+    for mid in ids:
+        entry = zoo.get_entry(mid)
+        defense = zoo.build_defense(entry).eval()
+        if not hasattr(defense, "fused_inference"):
+            print(f"| {mid} | (no fused inference for family {entry.family}) | | | |")
+            continue
+        x, y = load_tensors(entry.dataset, "test", None)
+        x, y = x[:n], y[:n]
+        defense.predict(x[:1])  # candidate cache and fused copies outside the timings
+        defense.fused_inference = False
+        defense.predict(x[:1])
+        torch.manual_seed(0)
+        ref, t_ref = _timed_predict(defense, x, batch)
+        defense.fused_inference = True
+        torch.manual_seed(0)
+        new, t_new = _timed_predict(defense, x, batch)
+        if getattr(defense, "randomized", False):
+            a, b = ref == y, new == y
+            what = (f"accuracy {_acc(a)} vs {_acc(b)}; correct only in reference / only fused "
+                    f"{int((a & ~b).sum())} / {int((~a & b).sum())}, McNemar p = "
+                    f"{mcnemar_pvalue(a.numpy(), b.numpy()):.2g}")
+        else:
+            what = (f"{int((ref == new).sum())}/{n} identical argmax; accuracy "
+                    f"{_acc(ref == y)} vs {_acc(new == y)}")
+        print(f"| {mid} | {n / t_ref:.2f} | {n / t_new:.2f} | ×{t_ref / t_new:.2f} | {what} |",
+              flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("ids", nargs="+")
@@ -52,8 +106,14 @@ def main() -> None:
     ap.add_argument("--warm-steps", type=int, default=5)
     ap.add_argument("--step", type=float, default=0.15, help="L2 length of one path step")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--predict", type=int, metavar="N",
+                    help="time the deployed predict (reference vs fused) on N images instead")
+    ap.add_argument("--batch", type=int, default=100, help="predict batch size (--predict)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.predict:
+        predict_speed(args.ids, args.predict, args.batch)
+        return
     print(f"| model | EOT | full hook CPU s/step | warm hook (k = {args.warm_steps}) CPU s/step "
           "| ratio | warm argmax = full | max |Δ logit| / logit std |")
     print("|---|---|---|---|---|---|---|")

@@ -69,6 +69,7 @@ from torch.nn import functional as F
 
 from robustgen_bench.defenses import register_family
 from robustgen_bench.defenses.base import Defense
+from robustgen_bench.defenses.fused import fuse_for_inference
 from robustgen_bench.defenses.modules import GenerativeNets, Geometry
 from robustgen_bench.defenses.schott import SchottNets, load_torch_state, straight_through_binarize
 from robustgen_bench.errors import ZooError, did_you_mean
@@ -218,6 +219,10 @@ class ABSDefense(Defense):
         #: Where the decoded candidates are kept on disk (set from the verified weights by
         #: :meth:`load_weight_files`; None: rebuilt in every process).
         self.cache_file: Path | None = None
+        #: Decode with inference-only copies (BatchNorm folded, ELU via exp; ``defenses.fused``)
+        #: when the networks are in eval mode. False: the networks themselves (the reference).
+        self.fused_inference = True
+        self._fused: tuple[tuple[object, ...], list[nn.Module]] | None = None  # (weights key, decoders)
 
     # ----------------------------------------------------------------- weights and cache
     def load_weight_files(self, paths: Mapping[str, Path]) -> None:
@@ -333,7 +338,17 @@ class ABSDefense(Defense):
     # ----------------------------------------------------------------- model pieces
     def _decode(self, k: int, z: torch.Tensor) -> torch.Tensor:
         """Class k's generator: z (M, L) → images (M, C, H, W)."""
+        if self.fused_inference and not self.nets.training:
+            return self._fused_decoders()[k](z)
         return self.nets.decoders[k](z)
+
+    def _fused_decoders(self) -> list[nn.Module]:
+        """Inference copies of the decoders, rebuilt whenever a weight changed (version counters)."""
+        tensors = [*self.nets.decoders.parameters(), *self.nets.decoders.buffers()]
+        key = (self._device(), tuple(t._version for t in tensors), tuple(id(t) for t in tensors))
+        if self._fused is None or self._fused[0] != key:
+            self._fused = (key, [fuse_for_inference(d) for d in self.nets.decoders])
+        return self._fused[1]
 
     def _prior(self, k: int, z: torch.Tensor) -> torch.Tensor:
         """Prior term of a point latent for class k: z (M, L) → (M,); -log D_k(z) or ½||z||²."""
