@@ -9,6 +9,7 @@ validated like file content.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -30,7 +31,7 @@ TOP_KEYS = ("name", "description", "include", "dataset", "models", "attacks", "s
             "checks")
 DATASET_KEYS = ("name", "split", "n", "seed")
 ATTACK_RESERVED = ("id", "library", "attack", "threat", "epsilon", "params", "verify_draws",
-                   "surrogate")
+                   "surrogate", "eot")
 STATS_KEYS = ("test", "alpha", "correction")
 REPORT_KEYS = ("formats", "plots")
 RUN_KEYS = ("batch_size", "verify_draws", "save_examples", "surrogate")
@@ -416,19 +417,56 @@ def _validate(data: dict[str, Any], file: Path, doc: _Doc, limit: int | None) ->
             raise v.fail(p + (k,), "given both inline and under 'params'")
         params.update(extra)
         params.update(inline)
-        try:
-            cls.validate_params(params)
-        except UserInputError as e:
-            key = e.key or ""
-            where = p + ((key,) if key in inline else ("params", key) if key else ())
-            raise v.fail(where, e.detail) from None
-        vd = v.integer(a.get("verify_draws", run.verify_draws), p + ("verify_draws",), 1)
+
+        def where(key: str) -> tuple[Any, ...]:
+            return p + ((key,) if key in inline or key in ("verify_draws", "eot")
+                        else ("params", key) if key else ())
+
+        # Sweeps: a scalar parameter (or verify_draws / eot) given as a list is one cell per value.
+        # In the order the suite gives them: the first swept key is the x axis of the sweep's plot.
+        sweep_keys = [k for k in dict.fromkeys([*a, *extra])
+                      if (k in ("verify_draws", "eot") and isinstance(a.get(k), list))
+                      or (k not in ATTACK_RESERVED and isinstance(params.get(k), list)
+                          and k in cls.PARAMS and cls.PARAMS[k].kind is not list)]
+        for k in sweep_keys:
+            values = params[k] if k in params else a[k]
+            if not values:
+                raise v.fail(where(k), "expected at least one value in the sweep")
+            if len(set(map(repr, values))) != len(values):
+                raise v.fail(where(k), f"a value is listed twice in the sweep {values!r}")
+        combos = list(itertools.product(*[
+            list(enumerate(params[k] if k in params else a[k])) for k in sweep_keys]))
         warm = (_surrogate(v, a["surrogate"], p + ("surrogate",)) if "surrogate" in a
                 else run.surrogate)
-        for eps in epsilons:
-            specs.append(AttackSpec(id=aid, library=library, attack=attack, threat=threat,
-                                    epsilon=eps, params=MappingProxyType(dict(params)),
-                                    verify_draws=vd, seed=seed, surrogate=warm))
+        for combo in combos:
+            point = dict(zip(sweep_keys, combo))  # key -> (position in its list, value)
+            cell_params = {**params, **{k: val for k, (_, val) in point.items() if k in params}}
+            try:
+                cls.validate_params(cell_params)
+            except UserInputError as e:
+                key = e.key or ""
+                path = where(key) + ((point[key][0],) if key in point else ())
+                raise v.fail(path, e.detail) from None
+            vd_raw = point["verify_draws"][1] if "verify_draws" in point else a.get(
+                "verify_draws", run.verify_draws)
+            vd = v.integer(vd_raw, where("verify_draws") + (
+                (point["verify_draws"][0],) if "verify_draws" in point else ()), 1)
+            eot = None
+            if "eot" in a:
+                eot_raw = point["eot"][1] if "eot" in point else a["eot"]
+                eot = v.integer(eot_raw, where("eot") + (
+                    (point["eot"][0],) if "eot" in point else ()), 1)
+            cell_id, sweep = aid, tuple((k, val) for k, (_, val) in point.items())
+            if sweep:
+                cell_id = f"{aid}@" + ",".join(f"{k}={_sweep_text(val)}" for k, val in sweep)
+                if cell_id in seen:
+                    raise v.fail(p + ("id",), f"the sweep's cell id {cell_id!r} is already used")
+                seen.add(cell_id)
+            for eps in epsilons:
+                specs.append(AttackSpec(id=cell_id, library=library, attack=attack, threat=threat,
+                                        epsilon=eps, params=MappingProxyType(dict(cell_params)),
+                                        verify_draws=vd, seed=seed, surrogate=warm, eot=eot,
+                                        sweep_of=aid if sweep else None, sweep=sweep))
 
     st = v.mapping(top.get("stats", {}) or {}, ("stats",), STATS_KEYS)
     test = st.get("test", "mcnemar")
@@ -454,6 +492,15 @@ def _validate(data: dict[str, Any], file: Path, doc: _Doc, limit: int | None) ->
     return Suite(name=name, dataset=dataset, models=tuple(models), attacks=tuple(specs),
                  stats=StatsSpec(test, alpha, corr), report=ReportSpec(tuple(formats), plots),
                  run=run, checks=checks, source=file, raw=MappingProxyType(data))
+
+
+def _sweep_text(value: Any) -> str:
+    """A swept value as it appears in a cell id: ``steps=10``, ``rel_stepsize=0.05``, ``loss=ce``."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 def load_suite(path: str | Path, overrides: Sequence[str] = (), limit: int | None = None) -> Suite:

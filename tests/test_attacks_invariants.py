@@ -333,3 +333,26 @@ def test_call_cannot_be_overridden():
 
             def _run(self, model, x, y):  # pragma: no cover
                 raise AssertionError
+
+
+def test_attack_level_eot_overrides_the_entry_for_this_attack_only():
+    """A suite's ``eot:`` (e.g. a Table 2.7 sweep) sets the surrogate's draws; None keeps the entry's."""
+    seen: list[int] = []
+
+    class EotSpy(Attack):
+        LIBRARY, NAME = "test", "Fake"
+
+        def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackOutput:
+            seen.append(model.eot)
+            return AttackOutput(x)
+
+    d = BrightnessDefense()
+    x, y, idx = batch(2)
+    randomized = AdaptiveSpec(GradientHook.EXACT, randomized=True, eot=3)
+    clean = torch.zeros(2, dtype=torch.long)
+    for eot in (None, 1, 7):
+        s = AttackSpec(id="t", library="test", attack="Fake", threat=Threat.LINF, epsilon=0.1,
+                       verify_draws=1, seed=0, eot=eot)
+        run(EotSpy(s), d, x, y, idx, adaptive=randomized, clean=clean)
+    assert seen == [3, 1, 7]
+    assert "eot" not in spec().canonical()  # cell keys of suites without eot are unchanged

@@ -134,3 +134,46 @@ def test_cli_exit_code_2_without_traceback(tmp_zoo, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "file not found" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+SWEEP = GOOD.replace("    steps: 5\n", "    steps: [2, 5, 10]\n    eot: [1, 3]\n", 1)
+
+
+def test_list_valued_parameters_sweep_one_cell_per_value(tmp_zoo, tmp_path):
+    s = load_suite(write(tmp_path, SWEEP))
+    pgd = [a for a in s.attacks if a.sweep_of == "pgd-linf"]
+    # steps × eot × the two epsilons; ids name the swept values in the suite's order
+    assert len(pgd) == 12
+    assert [a.id for a in pgd[:4]] == ["pgd-linf@steps=2,eot=1"] * 2 + ["pgd-linf@steps=2,eot=3"] * 2
+    assert {(a.params["steps"], a.eot) for a in pgd} == {(st, e) for st in (2, 5, 10) for e in (1, 3)}
+    assert all(dict(a.sweep) == {"steps": a.params["steps"], "eot": a.eot} for a in pgd)
+    assert pgd[0].canonical()["sweep"] == {"of": "pgd-linf", "values": [["steps", 2], ["eot", 1]]}
+    assert len({a.canonical()["id"] + str(a.epsilon) for a in pgd}) == 12  # distinct cells
+    ddn = [a for a in s.attacks if a.id == "ddn"]
+    assert len(ddn) == 1 and ddn[0].sweep_of is None and ddn[0].eot is None
+    # --set takes a list too (YAML syntax), and verify_draws sweeps like any other key
+    s2 = load_suite(write(tmp_path, GOOD), overrides=["attacks.ddn.verify_draws=[1, 3]"])
+    assert [(a.id, a.verify_draws) for a in s2.attacks if a.sweep_of == "ddn"] == [
+        ("ddn@verify_draws=1", 1), ("ddn@verify_draws=3", 3)]
+
+
+SWEEP_MALFORMED = [
+    ("empty", "steps: []", ["attacks[0].steps", "at least one value"]),
+    ("repeated", "steps: [5, 5]", ["attacks[0].steps", "listed twice"]),
+    ("bad-item", "steps: [5, many]", ["attacks[0].steps[1]", "must be an integer"]),
+    ("below-minimum", "steps: [0, 5]", ["attacks[0].steps[0]", ">= 1"]),
+    ("bad-eot", "steps: 5\n    eot: [2, 0]", ["attacks[0].eot[1]", "integer >= 1"]),
+    ("bad-verify-draws", "steps: 5\n    verify_draws: [x]", ["attacks[0].verify_draws[0]"]),
+]
+
+
+@pytest.mark.parametrize("line,expected", [m[1:] for m in SWEEP_MALFORMED],
+                         ids=[m[0] for m in SWEEP_MALFORMED])
+def test_malformed_sweeps_name_the_key_and_item(tmp_zoo, tmp_path, line, expected):
+    path = write(tmp_path, GOOD.replace("steps: 5", line, 1))
+    with pytest.raises(ConfigError) as info:
+        load_suite(path)
+    msg = str(info.value)
+    assert str(path) in msg
+    for part in expected:
+        assert part in msg, (part, msg)

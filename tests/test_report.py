@@ -352,3 +352,34 @@ def test_reports_of_a_limit_run_use_its_samples_even_if_the_store_holds_more(tmp
     man["command_line"] = {"set": [], "limit": None}
     write_manifest(run, man)
     assert main([str(run), "--out", str(tmp_path / "lb2"), "--allow-incomplete"]) == 2
+
+
+def test_swept_attack_gets_a_table_and_a_plot_per_budget(tmp_path: Path) -> None:
+    from robustgen_bench.report.leaderboard import main
+    from robustgen_bench.report.runs import load_runs
+    from robustgen_bench.report.tables import sweep_table
+    from robustgen_bench.stats import wilson_interval
+
+    models = {"m/cnn": "CNN", "m/abs": "ABS"}
+    clean = {"m/cnn": [T] * 8, "m/abs": [T] * 8}
+    steps = {1: ([T] * 6 + [F] * 2, [T] * 8), 10: ([T] * 2 + [F] * 6, [T] * 5 + [F] * 3)}
+    cells = [Cell(m, f"pgd@steps={s}", "linf", 0.3, c[i]) for s, c in steps.items()
+             for i, m in enumerate(models)]
+    run = write_run(tmp_path / "sw", Run(models, clean, cells, plots=True))
+    man_path = run / "manifest.json"
+    man = json.loads(man_path.read_text())
+    for a in man["suite"]["attacks"]:  # what the suite loader records for a swept attack
+        a["sweep"] = {"of": "pgd", "values": [["steps", int(a["id"].split("=")[1])]]}
+    man_path.write_text(json.dumps(man))
+
+    table = sweep_table(load_runs([run]))
+    assert list(table.value) == [1, 1, 10, 10] and set(table.param) == {"steps"}
+    abs10 = table[(table.model == "ABS") & (table.value == 10)].iloc[0]
+    assert abs10.accuracy == 5 / 8 and (abs10.ci_low, abs10.ci_high) == pytest.approx(wilson_interval(5, 8))
+
+    assert main([str(run), "--out", str(tmp_path / "lb")]) == 0
+    md = (tmp_path / "lb" / "sw.md").read_text()
+    assert "## Sweeps" in md and "robust accuracy vs `steps`" in md
+    assert "| steps = 10 | 25.0% [7.1%, 59.1%] | 62.5% [30.6%, 86.3%] |" in md
+    assert (tmp_path / "lb" / "sw_sweep_pgd_linf-0.3.png").is_file()
+    assert "sweep_pgd_linf-0.3.png" in {p.name for p in write_reports(run)}

@@ -140,6 +140,8 @@ class Attack(ABC):
         parts = [f"threat={self.threat.value}", f"epsilon={self.epsilon!r}"]
         parts += [f"{k}={_fmt(self.params[k])}" for k in sorted(self.params)]
         parts += [f"verify_draws={self.spec.verify_draws}", f"seed={self.spec.seed}"]
+        if self.spec.eot is not None:
+            parts.append(f"eot={self.spec.eot}")
         return f"{self._owner()}({', '.join(parts)})"
 
     # ----------------------------------------------------------------- the one hook
@@ -181,7 +183,8 @@ class Attack(ABC):
         self.last_counters = {"flagged_rejected": 0, "unperturbed": 0}
 
         if len(attacked):
-            surrogate = Surrogate(defense, adaptive.eot, warm=self.spec.surrogate)
+            eot = adaptive.eot if self.spec.eot is None else self.spec.eot
+            surrogate = Surrogate(defense, eot, warm=self.spec.surrogate)
             surrogate.training = defense.training  # libraries that toggle modes restore this one
             model: nn.Module = surrogate
             if self.params.get("logit_scale") == "standardized":

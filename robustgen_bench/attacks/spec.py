@@ -30,6 +30,12 @@ class AttackSpec:
     seed: int = 0
     #: The warm-started surrogate (None: the full inference at every attack step).
     surrogate: WarmStart | None = None
+    #: EOT draws of the surrogate for this attack (None: the zoo entry's ``adaptive.eot``).
+    eot: int | None = None
+    #: For one point of a sweep (a suite key given as a list): the suite's attack id and the
+    #: swept keys with this cell's values, in suite order; ``id`` is ``<of>@k=v,...``.
+    sweep_of: str | None = None
+    sweep: tuple[tuple[str, Any], ...] = ()
 
     def canonical(self) -> dict[str, Any]:
         """JSON-able canonical form; its hash keys the cell in the store.
@@ -45,6 +51,10 @@ class AttackSpec:
         }
         if self.surrogate is not None:
             out["surrogate"] = self.surrogate.canonical()
+        if self.eot is not None:
+            out["eot"] = self.eot
+        if self.sweep_of is not None:
+            out["sweep"] = {"of": self.sweep_of, "values": [[k, v] for k, v in self.sweep]}
         revision = _revision(self.library, self.attack)
         if revision:
             out["revision"] = revision

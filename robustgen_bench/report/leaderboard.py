@@ -19,12 +19,13 @@ from typing import Any
 import yaml
 
 from robustgen_bench.errors import UserInputError
-from robustgen_bench.report.outputs import curve_plots
+from robustgen_bench.report.outputs import _slug, curve_plots
 from robustgen_bench.report.render import distance_display, distances_latex, distances_markdown
 from robustgen_bench.report.render import to_latex, to_markdown
 from robustgen_bench.report.runs import RunDirError, RunSet, incomplete_cells, load_runs
 from robustgen_bench.checks.report import checks_latex, checks_markdown
 from robustgen_bench.report.tables import accuracy_table, caption, distance_table, stored_checks
+from robustgen_bench.stats import format_epsilon, threat_label
 
 
 def _command(run_dir: Path, out_dir: Path) -> str:
@@ -48,6 +49,8 @@ def _attack_text(a: dict) -> str:
     if warm:  # the adaptive hook the attack differentiated (full inference when absent)
         params += (", " if params else "") + (f"surrogate=warm ({warm['warm_steps']} steps, "
                                               f"radius {warm['radius']:g})")
+    if a.get("eot") is not None:  # the suite's EOT draws instead of the zoo entry's
+        params += (", " if params else "") + f"eot={a['eot']}"
     return head + (f", {params})" if params else ")")
 
 
@@ -113,9 +116,41 @@ def _provenance(runs: RunSet) -> list[str]:
     return lines
 
 
+def _sweeps(runs: RunSet, out_dir: Path, name: str) -> list[str]:
+    """One section per swept attack: robust accuracy per value (rows) and model, and its plot."""
+    from robustgen_bench.report.outputs import sweep_plots
+    from robustgen_bench.report.tables import sweep_table
+
+    table = sweep_table(runs)
+    if not len(table):
+        return []
+    pngs = {p.stem: p for p in sweep_plots(runs, out_dir, prefix=f"{name}_") if p.suffix == ".png"}
+    md = ["## Sweeps", "",
+          "Each swept attack's cells side by side: robust accuracy with Wilson 95 % intervals per "
+          "value of the swept parameter (the cells are also rows of the table above).", ""]
+    for (of, threat, eps), g in table.groupby(["of", "threat", "epsilon"], sort=False):
+        param = g.param.iloc[0]
+        md += [f"### `{of}`, {threat_label(str(threat))} ε = {format_epsilon(float(eps))}: "
+               f"robust accuracy vs `{param}`", ""]
+        g = g.assign(cell=[f"{acc:.1%} [{lo:.1%}, {hi:.1%}]" for acc, lo, hi
+                           in zip(g.accuracy, g.ci_low, g.ci_high)],
+                     setting=[f"{param} = {v}" + (f", {ln}" if ln else "")
+                              for v, ln in zip(g.value, g.line)])
+        wide = g.pivot_table(index="setting", columns="model", values="cell", aggfunc="first",
+                             sort=False)
+        md += ["| | " + " | ".join(map(str, wide.columns)) + " |",
+               "|:---|" + "---:|" * len(wide.columns)]
+        md += [f"| {setting} | " + " | ".join("" if not isinstance(c, str) else c for c in row)
+               + " |" for setting, row in zip(wide.index, wide.to_numpy())]
+        md += [""]
+        stem = f"{name}_sweep_{_slug(str(of))}_{threat}-{format_epsilon(float(eps))}"
+        if stem in pngs:
+            md += [f"![{of}: robust accuracy vs {param}]({pngs[stem].name})", ""]
+    return md
+
+
 def _figures(runs: RunSet, run_dir: Path, out_dir: Path, name: str) -> list[str]:
     """McNemar heat maps of the worst-case rows and the run's example grids, beside the board."""
-    from robustgen_bench.report.outputs import _slug
     from robustgen_bench.report.plots import example_grid, load_examples, plot_pvalues
     from robustgen_bench.report.tables import mcnemar_tables
     from robustgen_bench.stats import worst_case_keys
@@ -187,6 +222,7 @@ def write_leaderboard(run_dir: str | Path, out_dir: str | Path = "leaderboards",
         plots = [p for p in curve_plots(runs, out_dir, prefix=f"{name}_") if p.suffix == ".png"]
         for p in plots:
             md += [f"![Robust accuracy as a function of ε, from the closest adversarial distances]({p.name})", ""]
+    md += _sweeps(runs, out_dir, name)
     md += _figures(runs, run_dir, out_dir, name)
     checks = stored_checks(runs)
     if checks:

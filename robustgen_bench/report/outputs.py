@@ -31,6 +31,7 @@ from robustgen_bench.stats import (
     closest_distances,
     format_epsilon,
     robust_accuracy_curve,
+    threat_label,
     worst_case_keys,
 )
 
@@ -137,6 +138,24 @@ def curve_plots(runs: RunSet, run_dir: Path, prefix: str = "") -> list[Path]:
     return out
 
 
+def sweep_plots(runs: RunSet, run_dir: Path, prefix: str = "") -> list[Path]:
+    """Per sweep and budget: ``sweep_<attack>_<threat>-<ε>.{csv,png}`` in ``run_dir``."""
+    from robustgen_bench.report.plots import plot_sweep
+    from robustgen_bench.report.tables import sweep_table
+
+    table = sweep_table(runs)
+    out: list[Path] = []
+    for (of, threat, eps), g in table.groupby(["of", "threat", "epsilon"], sort=False):
+        stem = f"{prefix}sweep_{_slug(str(of))}_{threat}-{format_epsilon(float(eps))}"
+        csv_path = run_dir / f"{stem}.csv"
+        g.to_csv(csv_path, index=False)
+        out.append(csv_path)
+        title = (f"{of}: robust accuracy vs {g.param.iloc[0]}, "
+                 f"{threat_label(str(threat))} ε = {format_epsilon(float(eps))}")
+        out.append(plot_sweep(g, run_dir / f"{stem}.png", title))
+    return out
+
+
 def _example_plots(runs: RunSet, run_dir: Path) -> list[Path]:
     from robustgen_bench.report.plots import example_grid, load_examples
 
@@ -205,6 +224,7 @@ def write_reports(run_dir: str | Path) -> list[Path]:
             written.append(plot_pvalues(matrices[key], run_dir / f"mcnemar_{key.slug}.png",
                                         f"McNemar p-values\n{key.group}", runs.stats.alpha))
         written += curve_plots(runs, run_dir)
+        written += sweep_plots(runs, run_dir)
         written += _example_plots(runs, run_dir)
     _remove_stale(run_dir, written)
     return written
@@ -212,7 +232,7 @@ def write_reports(run_dir: str | Path) -> list[Path]:
 
 #: Per-row/per-model outputs whose set changes with the results; stale ones would mislead.
 GENERATED_PATTERNS = ("checks.md", "checks.csv", "mcnemar_*.csv", "mcnemar_*.png", "robust_accuracy_*.csv",
-                      "robust_accuracy_*.png", "examples_*.png")
+                      "robust_accuracy_*.png", "examples_*.png", "sweep_*.csv", "sweep_*.png")
 
 
 def _remove_stale(run_dir: Path, written: list[Path]) -> None:

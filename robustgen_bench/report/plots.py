@@ -43,6 +43,44 @@ def plot_robust_accuracy(curve: pd.DataFrame, threat: str, path: Path,
     return path
 
 
+def plot_sweep(points: pd.DataFrame, path: Path, title: str) -> Path:
+    """Robust accuracy (Wilson intervals as error bars) against one swept parameter.
+
+    ``points``: rows of :func:`~robustgen_bench.report.tables.sweep_table` for one sweep and
+    budget; one line per (model, ``line``). A numeric parameter gets a numeric axis (log scale
+    when its values span more than a factor 20), any other one a categorical axis.
+    """
+    param = str(points.param.iloc[0])
+    values = list(dict.fromkeys(points.value))
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    for (model, line), g in points.groupby(["model", "line"], sort=False):
+        xs = g.value.to_numpy(dtype=float) if numeric else [values.index(v) for v in g.value]
+        acc = 100 * g.accuracy.to_numpy(dtype=float)
+        err = np.clip(np.vstack([acc - 100 * g.ci_low.to_numpy(dtype=float),
+                                 100 * g.ci_high.to_numpy(dtype=float) - acc]), 0, None)
+        ax.errorbar(xs, acc, yerr=err, marker="o", markersize=3, capsize=3,
+                    label=f"{model}, {line}" if line else str(model))
+    if numeric and all(isinstance(v, int) for v in values) and len(values) <= 12:
+        ax.set_xticks([float(v) for v in values])
+    if numeric:
+        positive = [float(v) for v in values if float(v) > 0]
+        if positive and max(positive) / min(positive) > 20 and min(float(v) for v in values) > 0:
+            ax.set_xscale("log")
+    else:
+        ax.set_xticks(range(len(values)), [str(v) for v in values])
+    ax.set_xlabel(param)
+    ax.set_ylabel("robust accuracy (%)")
+    ax.set_ylim(0, 101)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def _image(x: torch.Tensor) -> np.ndarray:
     """(C, H, W) in [0, 1] -> (H, W) or (H, W, C) for imshow."""
     a = x.detach().float().clamp(0, 1).cpu().numpy()

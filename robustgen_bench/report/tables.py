@@ -13,6 +13,7 @@ import pandas as pd
 from robustgen_bench.report.runs import RunSet
 from robustgen_bench.stats import (
     RowKey,
+    wilson_interval,
     accuracy_frame,
     mcnemar_matrices,
     minimal_distances,
@@ -93,3 +94,43 @@ def distance_table(runs: RunSet) -> pd.DataFrame:
     d = minimal_distances(runs.results, runs.models)
     d["model"] = d.model.map(runs.display)
     return d
+
+
+SWEEP_COLUMNS = ["of", "threat", "epsilon", "param", "value", "line", "model", "accuracy",
+                 "ci_low", "ci_high", "n"]
+
+
+def sweep_cells(runs: RunSet) -> dict[str, tuple[str, dict[str, object]]]:
+    """Cell attack id -> (the suite's attack id, swept key -> value) for every swept cell."""
+    out: dict[str, tuple[str, dict[str, object]]] = {}
+    for man in runs.manifests:
+        for a in (man.get("suite") or {}).get("attacks") or []:
+            sw = a.get("sweep")
+            if sw:
+                out[str(a["id"])] = (str(sw["of"]), dict(sw["values"]))
+    return out
+
+
+def sweep_table(runs: RunSet, *, alpha: float = 0.05) -> pd.DataFrame:
+    """Robust accuracy along each sweep: one line per (swept cell, model), :data:`SWEEP_COLUMNS`.
+
+    ``param`` is the first swept key (the x axis) and ``value`` its value; ``line`` names the
+    other swept keys' values (empty when one key is swept), so a plot draws one line per
+    (model, line). Rows of the table's cells, in suite order; Wilson (1 - ``alpha``) intervals.
+    """
+    cells = sweep_cells(runs)
+    records = []
+    for key, per_model in row_outcomes(runs, strict=False).items():
+        if key.kind != "attack" or key.attack not in cells:
+            continue
+        of, values = cells[key.attack]
+        (param, value), *rest = values.items()
+        line = ", ".join(f"{k}={v}" for k, v in rest)
+        for model, s in per_model.items():
+            k, n = int(s.sum()), int(len(s))
+            low, high = wilson_interval(k, n, alpha)
+            records.append({"of": of, "threat": key.threat, "epsilon": key.epsilon,
+                            "param": param, "value": value, "line": line,
+                            "model": runs.display(model), "accuracy": k / n if n else float("nan"),
+                            "ci_low": low, "ci_high": high, "n": n})
+    return pd.DataFrame.from_records(records, columns=SWEEP_COLUMNS)
