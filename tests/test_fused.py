@@ -93,3 +93,14 @@ def test_training_mode_decodes_with_the_networks_themselves() -> None:
     z = torch.randn(4, d.latent_dim)
     d._decode(0, z)
     assert d._fused is None
+
+
+def test_copies_first_built_under_inference_mode_still_serve_the_latent_search() -> None:
+    d = get_family("abs")({"n_init": 64, "steps": 0}).eval()
+    x = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        d.predict(x)  # steps 0: the copies are first built in here (final decode)
+    built = d._fused
+    assert not any(p.is_inference() for dec in built[1] for p in dec.parameters())
+    d.optimise(x, steps=3)  # the Adam loop differentiates through the same copies
+    assert d._fused is built

@@ -347,7 +347,9 @@ class ABSDefense(Defense):
         tensors = [*self.nets.decoders.parameters(), *self.nets.decoders.buffers()]
         key = (self._device(), tuple(t._version for t in tensors), tuple(id(t) for t in tensors))
         if self._fused is None or self._fused[0] != key:
-            self._fused = (key, [fuse_for_inference(d) for d in self.nets.decoders])
+            # Built outside inference mode: the copies are used later with autograd (Adam loop).
+            with torch.inference_mode(False):
+                self._fused = (key, [fuse_for_inference(d) for d in self.nets.decoders])
         return self._fused[1]
 
     def _prior(self, k: int, z: torch.Tensor) -> torch.Tensor:
