@@ -28,6 +28,8 @@ CONFIGS: dict[tuple[str, str], tuple[Threat, float, dict[str, Any]]] = {
     ("foolbox", "LinfESPGD"): (Threat.LINF, 0.3, {"steps": 10, "samples": 10,
                                                   "rel_stepsize": 0.1}),
     ("foolbox", "L2ESPGD"): (Threat.L2, 1.5, {"steps": 10, "samples": 10, "rel_stepsize": 0.25}),
+    ("foolbox", "LinfPGDSearch"): (Threat.LINF, 0.3, {"steps": 5, "grid": 4}),
+    ("foolbox", "L2PGDSearch"): (Threat.L2, 1.5, {"steps": 5, "grid": 4}),
     ("foolbox", "DDNAttack"): (Threat.L2, 1.5, {"steps": 20}),
     ("foolbox", "L2CarliniWagnerAttack"): (Threat.L2, 1.5, {"steps": 30, "binary_search_steps": 3,
                                                             "initial_const": 1.0}),

@@ -356,3 +356,28 @@ def test_attack_level_eot_overrides_the_entry_for_this_attack_only():
         run(EotSpy(s), d, x, y, idx, adaptive=randomized, clean=clean)
     assert seen == [3, 1, 7]
     assert "eot" not in spec().canonical()  # cell keys of suites without eot are unchanged
+
+
+@pytest.mark.parametrize("attack,threat,top,scale", [("LinfPGDSearch", Threat.LINF, 0.5, 1.0),
+                                                     ("L2PGDSearch", Threat.L2, 2.0, 4.0)])
+def test_pgd_search_stores_the_smallest_confirmed_budget(attack, threat, top, scale):
+    """On the brightness defense the smallest flip is known: raise every pixel by 0.5 - level
+    (L∞ 0.5 - level, L2 (0.5 - level)·4 on 4×4 images). The search must report the first grid
+    budget above it, and robust accuracy still follows the cell's epsilon."""
+    levels = torch.tensor([0.25, 0.35, 0.45, 0.1])
+    x = levels.view(-1, 1, 1, 1).expand(-1, 1, 4, 4).clone()
+    y = torch.zeros(4, dtype=torch.long)
+    grid = 10
+    s = AttackSpec(id="s", library="foolbox", attack=attack, threat=threat, epsilon=top / 4,
+                   verify_draws=1, seed=0,
+                   params=MappingProxyType({"grid": grid, "max_epsilon": top, "steps": 20}))
+    d = BrightnessDefense()
+    rows = make_attack(s)(d, EXACT, x, y, [0, 1, 2, 3], torch.zeros(4, dtype=torch.long))
+    step = top / grid
+    for r, level in zip(rows, levels.tolist()):
+        true_min = (0.5 - level) * scale
+        if true_min > top:  # beyond the search: robust, no distance
+            assert r.adv_correct and r.distance is None
+            continue
+        assert r.distance is not None and true_min < r.distance <= true_min + step + 1e-4, (level, r)
+        assert r.adv_correct == (r.distance > top / 4)
