@@ -63,13 +63,13 @@ def run_model(entry_id: str, threat: Threat, eps: float, n: int, steps: int, rel
     draws = verify_draws if randomized else 1
     torch.manual_seed(0)  # a randomized defense's clean draws too are the same on a resumed run
     clean = torch.cat([predict_draws(defense, x[i:i + batch], 1)[0] for i in range(0, len(x), batch)])
-    out: dict[str, object] = {"clean": (clean == y).tolist(), "seconds": {}}
+    out: dict[str, object] = {"clean": (clean == y).tolist(), "seconds": {}, "first": first}
     state: dict[str, dict[str, object]] = {}
     if partial is not None and partial.exists():
         state = json.loads(partial.read_text())
         if state.get("n") != n or state.get("first", 0) != first:
             raise SystemExit(f"{partial}: saved for other samples (n, first); remove it")
-    state["n"], state["first"] = n, first  # type: ignore[assignment]
+    state["n"], state["first"], state["model"] = n, first, entry_id  # type: ignore[assignment]
     for loss in losses:
         spec = AttackSpec(id=f"pgd-{loss}", library="foolbox", attack=ATTACKS[threat],
                           threat=threat, epsilon=eps, verify_draws=verify_draws, seed=0,
@@ -130,11 +130,31 @@ def _pair(a: list[bool], b: list[bool]) -> str:
     return f"{int(np.sum(aa & ~bb))} / {int(np.sum(~aa & bb))}, p = {mcnemar_pvalue(aa, bb):.2g}"
 
 
+def _as_results(path: Path) -> dict[str, dict[str, object]]:
+    """A result file as written by --out, or a run's ``.partial.json`` (the finished batches of
+    an unfinished run), as {model: {"index": sample indices, column: outcomes, "seconds": ...}}."""
+    data = json.loads(path.read_text())
+    if "n" in data and "first" in data:  # a partial file: one model, its losses so far
+        mid = data.get("model") or path.name.split(".")[-4].replace("_", "/", 1)
+        r: dict[str, object] = {"seconds": {}}
+        for loss, st in data.items():
+            if isinstance(st, dict):
+                r[f"{loss}/best"], r[f"{loss}/last"] = st["best"], st["last"]
+                r["seconds"][loss] = st["seconds"]  # type: ignore[index]
+                r["index"] = list(range(data["first"], data["first"] + len(st["best"])))
+        return {mid: r}
+    out = {}
+    for mid, r in data.items():
+        first = int(r.get("first", 0))
+        out[mid] = {**r, "index": list(range(first, first + len(r["clean"])))}
+    return out
+
+
 def _load_joined(spec: str) -> dict[str, dict[str, object]]:
-    """A result file, or comma-separated shard files (in sample order) joined into one."""
+    """A result file, or comma-separated shard files (finished or partial) joined into one."""
     joined: dict[str, dict[str, object]] = {}
     for part in spec.split(","):
-        for mid, r in json.loads(Path(part).read_text()).items():
+        for mid, r in _as_results(Path(part)).items():
             j = joined.setdefault(mid, {"seconds": {}})
             for key, v in r.items():
                 if key == "seconds":
@@ -146,22 +166,28 @@ def _load_joined(spec: str) -> dict[str, dict[str, object]]:
 
 
 def compare(a_file: Path, b_file: Path, column: str = "margin/best") -> str:
-    """Markdown rows comparing ``column`` of two result files (same models, same samples).
+    """Markdown rows comparing ``column`` of two result files on the samples both hold.
 
-    Either side may be comma-separated shard files (``--first``), joined in the order given.
+    Either side may be comma-separated shard files (``--first``) or ``.partial.json`` files of
+    unfinished runs; samples are matched by index, and the table says how many are compared.
     """
     a, b = _load_joined(str(a_file)), _load_joined(str(b_file))
     a_file, b_file = (Path(str(f).split(",")[0]) for f in (a_file, b_file))  # names for the header
-    lines = [f"| model | {a_file.name} | {b_file.name} | robust only in {a_file.name} / only in "
-             f"{b_file.name}, McNemar | CPU s ({a_file.name}, {b_file.name}) |",
-             "|---|---|---|---|---|"]
+    lines = [f"| model | n | {a_file.name} | {b_file.name} | robust only in {a_file.name} / only "
+             f"in {b_file.name}, McNemar | CPU s per sample ({a_file.name}, {b_file.name}) |",
+             "|---|---|---|---|---|---|"]
     for mid in a:
         if mid not in b:
             continue
-        va, vb = a[mid][column], b[mid][column]
-        ca = a[mid]["seconds"]["margin"]
-        cb = b[mid]["seconds"]["margin"]
-        lines.append(f"| {mid} | {_acc(va)} | {_acc(vb)} | {_pair(va, vb)} | {ca:.0f}, {cb:.0f} |")
+        pos_a = {i: k for k, i in enumerate(a[mid]["index"])}  # type: ignore[arg-type]
+        pos_b = {i: k for k, i in enumerate(b[mid]["index"])}  # type: ignore[arg-type]
+        common = sorted(set(pos_a) & set(pos_b))
+        va = [a[mid][column][pos_a[i]] for i in common]  # type: ignore[index]
+        vb = [b[mid][column][pos_b[i]] for i in common]  # type: ignore[index]
+        ca = a[mid]["seconds"]["margin"] / len(pos_a)  # type: ignore[index]
+        cb = b[mid]["seconds"]["margin"] / len(pos_b)  # type: ignore[index]
+        lines.append(f"| {mid} | {len(common)} | {_acc(va)} | {_acc(vb)} | {_pair(va, vb)} "
+                     f"| {ca:.2f}, {cb:.2f} |")
     return "\n".join(lines) + "\n"
 
 
