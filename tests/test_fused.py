@@ -104,3 +104,24 @@ def test_copies_first_built_under_inference_mode_still_serve_the_latent_search()
     assert not any(p.is_inference() for dec in built[1] for p in dec.parameters())
     d.optimise(x, steps=3)  # the Adam loop differentiates through the same copies
     assert d._fused is built
+
+
+def test_the_candidate_cache_follows_the_decoding_variant(tmp_path, monkeypatch) -> None:
+    """Fused and reference decoding give candidates equal only to rounding: never mix them."""
+    from safetensors.torch import save_file
+
+    monkeypatch.setenv("RGBENCH_CACHE", str(tmp_path / "cache"))
+    d = _abs_defense()
+    w = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in d.nets.state_dict().items()}, str(w))
+    d.load_weight_files({"weights": w})
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(4))
+    d.predict(x)
+    fused_file = d.cache_file
+    d.fused_inference = False
+    assert d._cand_images is None and d.cache_file != fused_file  # dropped, other file
+    d.predict(x)
+    assert sorted((tmp_path / "cache" / "abs-candidates").glob("*.safetensors")) == sorted(
+        [fused_file, d.cache_file])
+    d.fused_inference = True
+    assert d.cache_file == fused_file

@@ -219,10 +219,28 @@ class ABSDefense(Defense):
         #: Where the decoded candidates are kept on disk (set from the verified weights by
         #: :meth:`load_weight_files`; None: rebuilt in every process).
         self.cache_file: Path | None = None
-        #: Decode with inference-only copies (BatchNorm folded, ELU via exp; ``defenses.fused``)
-        #: when the networks are in eval mode. False: the networks themselves (the reference).
-        self.fused_inference = True
+        self._weight_files: tuple[Path, ...] | None = None
+        self._fused_inference = True
         self._fused: tuple[tuple[object, ...], list[nn.Module]] | None = None  # (weights key, decoders)
+
+    @property
+    def fused_inference(self) -> bool:
+        """Decode with inference-only copies (BatchNorm folded, ELU via exp; ``defenses.fused``)
+        when the networks are in eval mode; False: the networks themselves (the reference).
+
+        The decoded candidates depend on it (to rounding), so switching it drops them from memory
+        and selects the matching cache file.
+        """
+        return self._fused_inference
+
+    @fused_inference.setter
+    def fused_inference(self, on: bool) -> None:
+        if bool(on) == self._fused_inference:
+            return
+        self._fused_inference = bool(on)
+        self._cand_z = self._cand_images = self._cand_sq = self._cand_prior = None
+        if self._weight_files is not None:
+            self.cache_file = self._cache_path(self._weight_files)
 
     # ----------------------------------------------------------------- weights and cache
     def load_weight_files(self, paths: Mapping[str, Path]) -> None:
@@ -249,7 +267,8 @@ class ABSDefense(Defense):
         except RuntimeError as e:
             raise ZooError(f"weights do not match the architecture: {str(e)[:400]}") from None
         self.clear_cache()
-        self.cache_file = self._cache_path(paths.values())
+        self._weight_files = tuple(Path(p) for p in paths.values())
+        self.cache_file = self._cache_path(self._weight_files)
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
         out = super().load_state_dict(state_dict, strict=strict, assign=assign)
@@ -260,6 +279,7 @@ class ABSDefense(Defense):
         """Forget the decoded candidates (call after changing the weights in place)."""
         self._cand_z = self._cand_images = self._cand_sq = self._cand_prior = None
         self.cache_file = None  # the weights may have changed: never reuse a file for them
+        self._weight_files = None
 
     def _cache_path(self, weight_files: Any) -> Path:
         """``<RGBENCH_CACHE>/abs-candidates/<key>.safetensors``, the key a sha256 of the weights
@@ -272,7 +292,8 @@ class ABSDefense(Defense):
             h.update(sha256_file(Path(f)).encode())
         h.update(repr((c.architecture, self.latent_dim, c.num_classes, c.aae, c.shared_encoder,
                        c.n_init, c.candidate_keep, c.candidate_seed, c.beta,
-                       str(self._device()))).encode())
+                       str(self._device()),
+                       "fused" if self._fused_inference else "reference")).encode())
         return cache_dir() / "abs-candidates" / f"{h.hexdigest()[:32]}.safetensors"
 
     def _load_cached_candidates(self) -> bool:
