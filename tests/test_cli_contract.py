@@ -278,14 +278,13 @@ def test_a_bad_sweep_exits_2_naming_the_list_item_and_a_good_one_names_its_cells
         tmp_zoo: Path, tmp_path: Path) -> None:
     bad = suite(tmp_path).read_text().replace("steps: 2}", "steps: [2, two]}")
     (tmp_path / "bad.yaml").write_text(bad)
-    r = run_cli("run", tmp_path / "bad.yaml", "--run-dir", tmp_path / "r", cwd=tmp_path)
+    r = run_cli("run", tmp_path / "bad.yaml", "--run-dir", tmp_path / "r")
     assert r.returncode == 2, r.stderr
     line = _error_line(r.stderr)
     assert "attacks[0].steps[1]" in line and "must be an integer" in line, line
     assert "Traceback" not in r.stderr and not (tmp_path / "r").exists()
     # --set takes the list; the run stores one cell per value, ids naming the values
-    r = run_cli("run", suite(tmp_path), "--run-dir", tmp_path / "ok", "--set", "attacks.pgd.steps=[1, 2]",
-                cwd=tmp_path)
+    r = run_cli("run", suite(tmp_path), "--run-dir", tmp_path / "ok", "--set", "attacks.pgd.steps=[1, 2]")
     assert r.returncode == 0, r.stderr
     cells = {c["attack"] for c in json.loads((tmp_path / "ok" / "manifest.json").read_text())["cells"]}
     assert {"pgd@steps=1", "pgd@steps=2"} <= cells, cells
