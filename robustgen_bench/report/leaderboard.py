@@ -118,7 +118,7 @@ def _provenance(runs: RunSet) -> list[str]:
 
 def _sweeps(runs: RunSet, out_dir: Path, name: str) -> list[str]:
     """One section per swept attack: robust accuracy per value (rows) and model, and its plot."""
-    from robustgen_bench.report.outputs import sweep_plots
+    from robustgen_bench.report.outputs import sweep_plots, sweep_stem
     from robustgen_bench.report.tables import sweep_table
 
     table = sweep_table(runs)
@@ -143,7 +143,7 @@ def _sweeps(runs: RunSet, out_dir: Path, name: str) -> list[str]:
         md += [f"| {setting} | " + " | ".join("" if not isinstance(c, str) else c for c in row)
                + " |" for setting, row in zip(wide.index, wide.to_numpy())]
         md += [""]
-        stem = f"{name}_sweep_{_slug(str(of))}_{threat}-{format_epsilon(float(eps))}"
+        stem = sweep_stem(str(of), str(threat), float(eps), prefix=f"{name}_")
         if stem in pngs:
             md += [f"![{of}: robust accuracy vs {param}]({pngs[stem].name})", ""]
     return md

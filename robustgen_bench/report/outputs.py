@@ -138,6 +138,11 @@ def curve_plots(runs: RunSet, run_dir: Path, prefix: str = "") -> list[Path]:
     return out
 
 
+def sweep_stem(of: str, threat: str, epsilon: float, prefix: str = "") -> str:
+    """File stem of one sweep's CSV and PNG: ``<prefix>sweep_<attack>_<threat>-<ε>``."""
+    return f"{prefix}sweep_{_slug(of)}_{threat}-{format_epsilon(epsilon)}"
+
+
 def sweep_plots(runs: RunSet, run_dir: Path, prefix: str = "") -> list[Path]:
     """Per sweep and budget: ``sweep_<attack>_<threat>-<ε>.{csv,png}`` in ``run_dir``."""
     from robustgen_bench.report.plots import plot_sweep
@@ -146,7 +151,7 @@ def sweep_plots(runs: RunSet, run_dir: Path, prefix: str = "") -> list[Path]:
     table = sweep_table(runs)
     out: list[Path] = []
     for (of, threat, eps), g in table.groupby(["of", "threat", "epsilon"], sort=False):
-        stem = f"{prefix}sweep_{_slug(str(of))}_{threat}-{format_epsilon(float(eps))}"
+        stem = sweep_stem(str(of), str(threat), float(eps), prefix)
         csv_path = run_dir / f"{stem}.csv"
         g.to_csv(csv_path, index=False)
         out.append(csv_path)
