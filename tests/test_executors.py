@@ -97,7 +97,10 @@ def test_ray_run_equals_local_run_and_keeps_error_types(tmp_zoo, tmp_path, mnist
             run_suite(s, tmp_path / "ray", executor=ex,
                       progress=lambda label, total, done: _Bar(label))
         partial = read_results(tmp_path / "ray")
-        assert len(partial) == 2 * 3  # two batches of three samples, committed
+        # Two whole batches committed. Ray yields batches in completion order, so the short last
+        # batch (10 = 3 + 3 + 3 + 1 samples per cell) may be one of them.
+        assert len(partial) in (3 + 3, 3 + 1), partial
+        assert not partial.duplicated(["cell_key", "sample_index"]).any()
         run_suite(s, tmp_path / "ray", executor=ex)
         a, b = read_results(local), read_results(tmp_path / "ray")
         assert len(a) == len(plan(s)) * 10 and not b.duplicated(["cell_key", "sample_index"]).any()
