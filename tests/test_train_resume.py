@@ -17,6 +17,9 @@ from robustgen_bench.train.loop import batch_indices, run_epochs
 from robustgen_bench.zoo import get_entry, sha256_file
 
 
+SCORES = (0.2, 0.9, 0.5, 0.1)
+
+
 @register_recipe("test_tiny")
 def tiny_recipe(ctx: TrainContext) -> None:
     """A small MLP with dropout and input noise on synthetic data, so RNG state matters."""
@@ -34,7 +37,8 @@ def tiny_recipe(ctx: TrainContext) -> None:
             loss = nn.functional.cross_entropy(model(xb), y[idx])
             loss.backward()
             opt.step()
-        return {"loss": float(loss.detach())}
+        # a scripted validation score, so that the best epoch is known to the tests (keep)
+        return {"loss": float(loss.detach()), "score": SCORES[epoch % len(SCORES)]}
 
     run_epochs(ctx, {"model": model}, {"opt": opt}, epoch_fn)
     ctx.save_weights(model.state_dict())
@@ -129,3 +133,42 @@ def test_train_cli_bad_input_exits_2(tmp_path: Path, monkeypatch: pytest.MonkeyP
     app.command()(train_command)
     res = CliRunner().invoke(app, ["toy/tiny"])
     assert res.exit_code == 2 and "train.recipe" in res.output
+
+
+def test_keep_best_epoch_survives_resume(tmp_path: Path) -> None:
+    """keep: best:score returns the weights of epoch 2 (score 0.9) of 4, also when resumed."""
+    ref = _zoo(tmp_path, "ref")
+    best_w = load_file(str(train_entry("toy/tiny", epochs=2, root=ref, checkpoint_root=tmp_path / "ck_r")))
+    last_w = load_file(str(train_entry("toy/tiny", epochs=4, root=ref, checkpoint_root=tmp_path / "ck_r")))
+    for name, split in (("once", None), ("resumed", 1)):
+        root = _zoo(tmp_path, name)
+        f = root / "toy/tiny/entry.yaml"
+        f.write_text(f.read_text().replace("lr: 0.01}", "lr: 0.01, keep: 'best:score'}"))
+        if split:
+            train_entry("toy/tiny", epochs=split, root=root, checkpoint_root=tmp_path / f"ck_{name}")
+        w = load_file(str(train_entry("toy/tiny", epochs=4, root=root,
+                                      checkpoint_root=tmp_path / f"ck_{name}")))
+        assert all(torch.equal(w[k], best_w[k]) for k in w), name
+        assert not all(torch.equal(w[k], last_w[k]) for k in w)
+
+
+def test_keep_rejects_unknown_metric_and_bad_value(tmp_path: Path) -> None:
+    root = _zoo(tmp_path, "z")
+    f = root / "toy/tiny/entry.yaml"
+    base = f.read_text()
+    f.write_text(base.replace("lr: 0.01}", "lr: 0.01, keep: 'best:val_acc'}"))
+    with pytest.raises(ZooError, match="not 'val_acc'") as e:
+        train_entry("toy/tiny", epochs=1, root=root, checkpoint_root=tmp_path / "ck")
+    assert e.value.key == "train.keep"
+    f.write_text(base.replace("lr: 0.01}", "lr: 0.01, keep: first}"))
+    with pytest.raises(ZooError, match="best:<metric>"):
+        train_entry("toy/tiny", epochs=1, root=root, checkpoint_root=tmp_path / "ck2")
+
+
+def test_keep_refuses_a_checkpoint_without_best_record(tmp_path: Path) -> None:
+    root = _zoo(tmp_path, "z")
+    train_entry("toy/tiny", epochs=1, root=root, checkpoint_root=tmp_path / "ck")
+    f = root / "toy/tiny/entry.yaml"
+    f.write_text(f.read_text().replace("lr: 0.01}", "lr: 0.01, keep: 'best:score'}"))
+    with pytest.raises(ZooError, match="no-resume"):
+        train_entry("toy/tiny", epochs=2, root=root, checkpoint_root=tmp_path / "ck")

@@ -21,6 +21,7 @@ from torch import nn
 from robustgen_bench.errors import ZooError
 
 CKPT_NAME = "last.pt"
+BEST_NAME = "best.pt"
 
 
 class EpochCheckpointer:
@@ -51,6 +52,26 @@ class EpochCheckpointer:
         torch.save(state, tmp)
         tmp.replace(self.path)
 
+    def save_best(self, epoch: int, metric: str, value: float,
+                  modules: Mapping[str, nn.Module]) -> None:
+        """Keep the module weights of the best epoch so far under ``directory/best.pt``."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        state = {"epoch": epoch, "fingerprint": self.fingerprint, "metric": metric,
+                 "value": float(value), "modules": {k: m.state_dict() for k, m in modules.items()}}
+        tmp = self.directory / (BEST_NAME + ".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.directory / BEST_NAME)
+
+    def load_best(self, metric: str) -> dict[str, Any] | None:
+        """The best-epoch record for ``metric`` written by this config, or None."""
+        path = self.directory / BEST_NAME
+        if not path.is_file():
+            return None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state.get("fingerprint") != self.fingerprint or state.get("metric") != metric:
+            return None
+        return state
+
     def load(self, modules: Mapping[str, nn.Module],
              optimizers: Mapping[str, torch.optim.Optimizer]) -> int:
         """Restore the last checkpoint if any; returns the next epoch to run (0 when none)."""
@@ -70,8 +91,9 @@ class EpochCheckpointer:
 
 
 def config_fingerprint(train: Mapping[str, Any], config: Mapping[str, Any]) -> str:
-    """A stable string of the training hyper-parameters (without ``epochs``, which may grow)."""
-    t = {k: v for k, v in train.items() if k not in ("epochs", "command")}
+    """A stable string of the training hyper-parameters (without ``epochs``, which may grow, and
+    ``keep``, which selects among the epochs but does not change them)."""
+    t = {k: v for k, v in train.items() if k not in ("epochs", "command", "keep")}
     return json.dumps({"train": t, "config": dict(config)}, sort_keys=True, default=str)
 
 
@@ -109,6 +131,19 @@ def accuracy(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: tor
     return correct / max(1, len(y))
 
 
+def keep_metric(ctx: Any) -> str | None:
+    """``train.keep``: ``last`` (default: the weights after the last epoch) or ``best:<metric>``
+    (the epoch with the highest value of a per-epoch validation metric, e.g. ``best:val_acc``).
+    Returns the metric name, or None for ``last``."""
+    keep = ctx.entry.train.get("keep", "last")
+    if keep == "last":
+        return None
+    if isinstance(keep, str) and keep.startswith("best:") and len(keep) > 5:
+        return keep[5:]
+    raise ZooError(f"expected 'last' or 'best:<metric>' (e.g. best:val_acc), got {keep!r}",
+                   file=ctx.entry.entry_file, key="train.keep")
+
+
 def run_epochs(ctx: Any, modules: Mapping[str, nn.Module],
                optimizers: Mapping[str, torch.optim.Optimizer],
                epoch_fn: Callable[[int], Mapping[str, float]]) -> None:
@@ -116,14 +151,38 @@ def run_epochs(ctx: Any, modules: Mapping[str, nn.Module],
 
     ``ctx`` is a :class:`robustgen_bench.train.TrainContext`. The global torch RNG is seeded with
     ``ctx.seed`` before the first epoch (a resumed run restores it from the checkpoint instead).
+    The best epoch under every reported metric is not known in advance, so the weights of the
+    best epoch by ``train.keep``'s metric are checkpointed too (``best.pt``) and, with
+    ``keep: best:<metric>``, loaded into ``modules`` at the end (early stopping on validation data).
     """
+    metric = keep_metric(ctx)
     ckpt = EpochCheckpointer(ctx.checkpoint_dir, config_fingerprint(ctx.entry.train, ctx.entry.config))
     torch.manual_seed(ctx.seed)
     start = ckpt.load(modules, optimizers) if ctx.resume else 0
     if start:
         ctx.console.print(f"[cyan]{ctx.entry.id}: resuming after epoch {start} from {ckpt.path}")
+    best = ckpt.load_best(metric) if (metric and start) else None
+    if metric is not None and start and best is None:
+        raise ZooError(f"the checkpoint in {ckpt.directory} was written without keep: best:{metric}, "
+                       "so its earlier epochs cannot be compared; train with --no-resume",
+                       file=ctx.entry.entry_file, key="train.keep")
     for epoch in range(start, ctx.epochs):
         metrics = dict(epoch_fn(epoch))
+        if metric is not None:
+            if metric not in metrics:
+                raise ZooError(f"this recipe reports {sorted(metrics)} per epoch, not {metric!r}",
+                               file=ctx.entry.entry_file, key="train.keep")
+            if best is None or metrics[metric] > best["value"]:
+                ckpt.save_best(epoch, metric, metrics[metric], modules)
+                best = ckpt.load_best(metric)
         ckpt.save(epoch, modules, optimizers, metrics)
         shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
         ctx.console.print(f"{ctx.entry.id}: epoch {epoch + 1}/{ctx.epochs} {shown}")
+    if metric is not None:
+        if best is None:
+            raise ZooError(f"no checkpointed epoch records {metric!r}; train with --no-resume",
+                           file=ctx.entry.entry_file, key="train.keep")
+        for k, m in modules.items():
+            m.load_state_dict(best["modules"][k], strict=True)
+        ctx.console.print(f"{ctx.entry.id}: keeping epoch {best['epoch'] + 1} "
+                          f"({metric}={best['value']:.4f}, train.keep)")
