@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from robustgen_bench.adaptive import GradientHook
 from robustgen_bench.attacks.spec import AttackSpec
 from robustgen_bench.config import Suite
 from robustgen_bench.data import EvalSubset, load_subset
@@ -56,6 +57,16 @@ def _weights_fingerprint(entry: ZooEntry) -> list[str]:
     return [w.sha256 for w in entry.weights]
 
 
+def _attack_canonical(entry: ZooEntry, attack: AttackSpec) -> dict[str, object]:
+    """The attack's canonical form as it bears on this entry's rows. The surrogate hook is left
+    out for exactly differentiable entries (their surrogate is the model itself, whatever the
+    hook), so that their cells are shared by runs that differ only in the hook."""
+    canon = attack.canonical()
+    if entry.adaptive.gradient is GradientHook.EXACT:
+        canon.pop("surrogate", None)
+    return canon
+
+
 def cell_key(entry: ZooEntry, suite: Suite, attack: AttackSpec | None,
              device: str = "cpu") -> str:
     """sha256 of the cell's canonical config (model, its weights and config, data, attack, and
@@ -67,7 +78,7 @@ def cell_key(entry: ZooEntry, suite: Suite, attack: AttackSpec | None,
         "adaptive": entry.adaptive.canonical(),
         "dataset": {"name": suite.dataset.name.value, "split": suite.dataset.split,
                     "seed": suite.dataset.seed},
-        "attack": None if attack is None else attack.canonical(),
+        "attack": None if attack is None else _attack_canonical(entry, attack),
         "clean_verify_draws": suite.run.verify_draws,
     }
     if device_type(device) != "cpu":

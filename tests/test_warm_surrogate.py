@@ -196,3 +196,26 @@ def test_gan_abs_through_the_warm_surrogate() -> None:
     assert s.calls == {"cold": 1, "warm": 1}
     s(x[:2])  # another batch size: cold, never the stale solution
     assert s.calls == {"cold": 2, "warm": 1}
+
+
+def test_cell_key_carries_the_hook_only_where_it_can_change_rows(tmp_path) -> None:
+    """A CNN (exact gradients) gets the same cells under either hook; ABS does not."""
+    from robustgen_bench.config import load_suite
+    from robustgen_bench.runner import cell_key
+    from robustgen_bench.zoo import get_entry
+
+    text = """name: s
+dataset: {name: mnist, n: 4}
+models: [mnist/cnn, mnist/abs]
+run: {surrogate: SURROGATE}
+attacks:
+  - {id: a, library: foolbox, attack: L2PGD, threat: l2, epsilon: 1.5}
+"""
+    keys = {}
+    for hook in ("full", "{warm_steps: 5}"):
+        p = tmp_path / "s.yaml"
+        p.write_text(text.replace("SURROGATE", hook))
+        s = load_suite(p)
+        keys[hook] = {m: cell_key(get_entry(m), s, s.attacks[0]) for m in s.models}
+    assert keys["full"]["mnist/cnn"] == keys["{warm_steps: 5}"]["mnist/cnn"]
+    assert keys["full"]["mnist/abs"] != keys["{warm_steps: 5}"]["mnist/abs"]
