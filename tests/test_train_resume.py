@@ -88,11 +88,16 @@ def test_sha256_updated_in_place(tmp_path: Path) -> None:
     assert get_entry("toy/tiny", root).weights[0].sha256 == sha256_file(w)
 
 
-def test_changed_config_refuses_stale_checkpoint(tmp_path: Path) -> None:
+@pytest.mark.parametrize("old, new", [
+    ("lr: 0.01", "lr: 0.02"),  # another config: the checkpoint is stale
+    # keep: best added later: the checkpointed epochs have no best record to compare with
+    ("lr: 0.01}", "lr: 0.01, keep: 'best:score'}"),
+])
+def test_resume_refuses_a_checkpoint_it_cannot_continue(tmp_path: Path, old: str, new: str) -> None:
     root = _zoo(tmp_path, "z")
     train_entry("toy/tiny", epochs=1, root=root, checkpoint_root=tmp_path / "ck")
     f = root / "toy/tiny/entry.yaml"
-    f.write_text(f.read_text().replace("lr: 0.01", "lr: 0.02"))
+    f.write_text(f.read_text().replace(old, new))
     with pytest.raises(ZooError, match="no-resume"):
         train_entry("toy/tiny", epochs=2, root=root, checkpoint_root=tmp_path / "ck")
 
@@ -164,11 +169,3 @@ def test_keep_rejects_unknown_metric_and_bad_value(tmp_path: Path) -> None:
     with pytest.raises(ZooError, match="best:<metric>"):
         train_entry("toy/tiny", epochs=1, root=root, checkpoint_root=tmp_path / "ck2")
 
-
-def test_keep_refuses_a_checkpoint_without_best_record(tmp_path: Path) -> None:
-    root = _zoo(tmp_path, "z")
-    train_entry("toy/tiny", epochs=1, root=root, checkpoint_root=tmp_path / "ck")
-    f = root / "toy/tiny/entry.yaml"
-    f.write_text(f.read_text().replace("lr: 0.01}", "lr: 0.01, keep: 'best:score'}"))
-    with pytest.raises(ZooError, match="no-resume"):
-        train_entry("toy/tiny", epochs=2, root=root, checkpoint_root=tmp_path / "ck")

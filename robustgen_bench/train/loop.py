@@ -39,7 +39,6 @@ class EpochCheckpointer:
              optimizers: Mapping[str, torch.optim.Optimizer],
              metrics: Mapping[str, float] | None = None) -> None:
         """Record that ``epoch`` (0-based) is finished; written atomically (tmp file + rename)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
         state: dict[str, Any] = {
             "epoch": epoch,
             "fingerprint": self.fingerprint,
@@ -48,19 +47,21 @@ class EpochCheckpointer:
             "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
             "metrics": {k: float(v) for k, v in (metrics or {}).items()},
         }
-        tmp = self.path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.path)
+        self._write(CKPT_NAME, state)
+
+    def _write(self, name: str, state: Mapping[str, Any]) -> None:
+        """``torch.save`` under ``directory/name`` atomically (tmp file + rename)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.directory / (name + ".tmp")
+        torch.save(dict(state), tmp)
+        tmp.replace(self.directory / name)
 
     def save_best(self, epoch: int, metric: str, value: float,
                   modules: Mapping[str, nn.Module]) -> None:
         """Keep the module weights of the best epoch so far under ``directory/best.pt``."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        state = {"epoch": epoch, "fingerprint": self.fingerprint, "metric": metric,
-                 "value": float(value), "modules": {k: m.state_dict() for k, m in modules.items()}}
-        tmp = self.directory / (BEST_NAME + ".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.directory / BEST_NAME)
+        self._write(BEST_NAME, {"epoch": epoch, "fingerprint": self.fingerprint, "metric": metric,
+                                "value": float(value),
+                                "modules": {k: m.state_dict() for k, m in modules.items()}})
 
     def load_best(self, metric: str) -> dict[str, Any] | None:
         """The best-epoch record for ``metric`` written by this config, or None."""
@@ -151,9 +152,8 @@ def run_epochs(ctx: Any, modules: Mapping[str, nn.Module],
 
     ``ctx`` is a :class:`robustgen_bench.train.TrainContext`. The global torch RNG is seeded with
     ``ctx.seed`` before the first epoch (a resumed run restores it from the checkpoint instead).
-    The best epoch under every reported metric is not known in advance, so the weights of the
-    best epoch by ``train.keep``'s metric are checkpointed too (``best.pt``) and, with
-    ``keep: best:<metric>``, loaded into ``modules`` at the end (early stopping on validation data).
+    With ``keep: best:<metric>`` the weights of the best epoch so far are checkpointed too
+    (``best.pt``) and loaded into ``modules`` at the end (early stopping on validation data).
     """
     metric = keep_metric(ctx)
     ckpt = EpochCheckpointer(ctx.checkpoint_dir, config_fingerprint(ctx.entry.train, ctx.entry.config))
@@ -174,7 +174,7 @@ def run_epochs(ctx: Any, modules: Mapping[str, nn.Module],
                                file=ctx.entry.entry_file, key="train.keep")
             if best is None or metrics[metric] > best["value"]:
                 ckpt.save_best(epoch, metric, metrics[metric], modules)
-                best = ckpt.load_best(metric)
+                best = {"epoch": epoch, "value": metrics[metric]}
         ckpt.save(epoch, modules, optimizers, metrics)
         shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
         ctx.console.print(f"{ctx.entry.id}: epoch {epoch + 1}/{ctx.epochs} {shown}")
@@ -182,7 +182,9 @@ def run_epochs(ctx: Any, modules: Mapping[str, nn.Module],
         if best is None:
             raise ZooError(f"no checkpointed epoch records {metric!r}; train with --no-resume",
                            file=ctx.entry.entry_file, key="train.keep")
+        kept = ckpt.load_best(metric)
+        assert kept is not None and kept["epoch"] == best["epoch"]
         for k, m in modules.items():
-            m.load_state_dict(best["modules"][k], strict=True)
+            m.load_state_dict(kept["modules"][k], strict=True)
         ctx.console.print(f"{ctx.entry.id}: keeping epoch {best['epoch'] + 1} "
                           f"({metric}={best['value']:.4f}, train.keep)")
