@@ -34,9 +34,9 @@ def run(
     limit: Annotated[Optional[int], typer.Option(help="Evaluate at most N samples.")] = None,
     run_dir: Annotated[Optional[Path], typer.Option(help="Default: runs/<suite name>/")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Dataset root (else $RGBENCH_DATA).")] = None,
-    executor: Annotated[str, typer.Option(help="Where batches run: local (this process) or ray.")] = "local",
+    executor: Annotated[str, typer.Option(help="Where batches run: local (this process), processes (one worker per core here) or ray.")] = "local",
     ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster to join ('auto', 'ray://host:10001'); default: start Ray on this machine.")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="CPUs of a Ray instance started here (default: all).")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Worker processes, or CPUs of a Ray instance started here (default: all cores).")] = None,
     device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
     """Run every (model × attack × budget) cell of SUITE, store per-sample results, print tables."""

@@ -33,6 +33,15 @@ class UserInputError(Exception):
         prefix = ": ".join(parts)
         return f"{prefix}: {self.detail}" if prefix else self.detail
 
+    def __reduce__(self) -> tuple:
+        # Keep file, key and line when the error crosses a process boundary (worker processes).
+        return (_rebuild_user_error, (type(self), self.detail, self.file, self.key, self.line))
+
+
+def _rebuild_user_error(cls: type[UserInputError], detail: str, file: str | None, key: str | None,
+                        line: int | None) -> UserInputError:
+    return cls(detail, file=file, key=key, line=line)
+
 
 class ConfigError(UserInputError):
     """A malformed suite file."""

@@ -1,4 +1,5 @@
-"""Where batches run: in this process (``local``, the default) or on a Ray cluster (``ray``).
+"""Where batches run: in this process (``local``, the default), in worker processes on this
+machine (``processes``: one per core) or on a Ray cluster (``ray``).
 
 The unit of work is one :class:`BatchTask`: one batch of samples of one cell. :func:`run_task`
 is a pure function of the task (the defense is rebuilt from its zoo entry, randomness comes from
@@ -29,6 +30,7 @@ class ExecutorKind(str, Enum):
     """The executors ``rgbench run --executor`` accepts."""
 
     LOCAL = "local"
+    PROCESSES = "processes"
     RAY = "ray"
 
 
@@ -144,6 +146,65 @@ class LocalExecutor:
         return "LocalExecutor()"
 
 
+def _init_process_worker() -> None:
+    # One thread per worker: the workers already occupy the cores, and the small per-batch
+    # operations of these models gain little from intra-op threads.
+    torch.set_num_threads(1)
+
+
+class ProcessExecutor:
+    """Runs tasks in ``workers`` processes on this machine (default: one per core).
+
+    The single-machine counterpart of :class:`RayExecutor`, without its dependency: workers are
+    spawned (a fresh interpreter that inherits the environment, so ``RGBENCH_*`` find the same
+    zoo, data and weights), each keeps its last defense (:func:`_defense`), and at most
+    ``in_flight`` tasks (default: twice the workers) are submitted at a time. Results come back in
+    completion order; an error in a worker is re-raised here with its type.
+    """
+
+    def __init__(self, workers: int | None = None, in_flight: int | None = None) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.workers = workers or os.cpu_count() or 1
+        if self.workers < 1:
+            raise UserInputError(f"expected at least 1 worker, got {self.workers}", key="--workers")
+        self.in_flight = in_flight or 2 * self.workers
+        self._pool = ProcessPoolExecutor(max_workers=self.workers,
+                                         mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_init_process_worker)
+
+    def map(self, tasks: Iterable[BatchTask]) -> Iterator[BatchResult]:
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        it = iter(tasks)
+        pending: set[Any] = set()
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and len(pending) < self.in_flight:
+                    t = next(it, None)
+                    if t is None:
+                        exhausted = True
+                    else:
+                        pending.add(self._pool.submit(run_task, t))
+                if not pending:
+                    return
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in done:
+                    yield f.result()
+        finally:
+            # An error, or a caller that stops early: drop the batches nobody will store.
+            for f in pending:
+                f.cancel()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __repr__(self) -> str:
+        return f"ProcessExecutor(workers={self.workers})"
+
+
 # Variables a worker needs to find the same zoo, reference weights and data as the driver.
 _FORWARDED_ENV = ("RGBENCH_ZOO", "RGBENCH_WEIGHTS", "RGBENCH_DATA", "RGBENCH_NO_DOWNLOAD",
                   "GIT_PYTHON_REFRESH")
@@ -228,8 +289,9 @@ def _ray_run_task(task: BatchTask) -> BatchResult:
 
 
 def make_executor(kind: ExecutorKind | str = ExecutorKind.LOCAL, *, address: str | None = None,
-                  num_cpus: int | None = None) -> LocalExecutor | RayExecutor:
-    """The executor named ``kind`` (``local`` or ``ray``)."""
+                  num_cpus: int | None = None) -> LocalExecutor | ProcessExecutor | RayExecutor:
+    """The executor named ``kind`` (``local``, ``processes`` or ``ray``); ``num_cpus``: the
+    worker processes, or the CPUs of a Ray instance started here (default: all cores)."""
     try:
         kind = ExecutorKind(kind)
     except ValueError:
@@ -237,8 +299,10 @@ def make_executor(kind: ExecutorKind | str = ExecutorKind.LOCAL, *, address: str
                              f"{[k.value for k in ExecutorKind]}", key="--executor") from None
     if kind is ExecutorKind.LOCAL:
         return LocalExecutor()
+    if kind is ExecutorKind.PROCESSES:
+        return ProcessExecutor(workers=num_cpus)
     return RayExecutor(address=address, num_cpus=num_cpus)
 
 
-__all__ = ["BatchTask", "BatchResult", "Executor", "ExecutorKind", "LocalExecutor", "RayExecutor",
-           "make_executor", "run_task"]
+__all__ = ["BatchTask", "BatchResult", "Executor", "ExecutorKind", "LocalExecutor", "ProcessExecutor",
+           "RayExecutor", "make_executor", "run_task"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from robustgen_bench.config import load_suite
-from robustgen_bench.errors import RuntimeFailure, UserInputError
+from robustgen_bench.errors import ConfigError, RuntimeFailure, UserInputError, ZooError
 from robustgen_bench.executors import (BatchTask, ExecutorKind, LocalExecutor, make_executor,
                                        run_task)
 from robustgen_bench.runner import plan, run_suite
@@ -59,20 +59,39 @@ def test_worker_refuses_an_entry_the_driver_did_not_plan(tmp_zoo, mnist_test_sma
         list(LocalExecutor().map([_clean_task(x, y, planned, model="mnist/tiny-cnn")]))
 
 
+def test_user_errors_survive_pickling():
+    # what a worker process sends back: the same type, file, key and line, not just the text
+    import pickle
+
+    e = pickle.loads(pickle.dumps(ConfigError("expected a list", file="s.yaml", key="models", line=3)))
+    assert type(e) is ConfigError and (e.file, e.key, e.line, e.detail) == (
+        "s.yaml", "models", 3, "expected a list")
+    assert str(e) == "s.yaml:3: key 'models': expected a list"
+
+
 def test_unknown_executor_is_bad_input():
     with pytest.raises(UserInputError, match="--executor.*unknown executor 'dask'"):
         make_executor("dask")
     assert isinstance(make_executor(ExecutorKind.LOCAL), LocalExecutor)
 
 
-def test_ray_run_equals_local_run_and_keeps_error_types(tmp_zoo, tmp_path, mnist_test_small):
-    pytest.importorskip("ray")
-    from robustgen_bench.executors import RayExecutor
+def _pool_executor(kind: str):
+    if kind == "ray":
+        pytest.importorskip("ray")
+        from robustgen_bench.executors import RayExecutor
 
+        return RayExecutor(num_cpus=2)
+    from robustgen_bench.executors import ProcessExecutor
+
+    return ProcessExecutor(workers=2)
+
+
+@pytest.mark.parametrize("kind", ["processes", "ray"])
+def test_pool_run_equals_local_run_and_keeps_error_types(kind, tmp_zoo, tmp_path, mnist_test_small):
     (tmp_path / "suite.yaml").write_text(SUITE)
     s = load_suite(tmp_path / "suite.yaml")
     local = run_suite(s, tmp_path / "local")
-    ex = RayExecutor(num_cpus=2)
+    ex = _pool_executor(kind)
     try:
         # The first run is interrupted after two batches (as a killed driver would be); the
         # second resumes it. Stored rows must equal the local run's, none lost or duplicated.
@@ -94,22 +113,25 @@ def test_ray_run_equals_local_run_and_keeps_error_types(tmp_zoo, tmp_path, mnist
                 pass
 
         with pytest.raises(_Stop):
-            run_suite(s, tmp_path / "ray", executor=ex,
+            run_suite(s, tmp_path / kind, executor=ex,
                       progress=lambda label, total, done: _Bar(label))
-        partial = read_results(tmp_path / "ray")
-        # Two whole batches committed. Ray yields batches in completion order, so the short last
+        partial = read_results(tmp_path / kind)
+        # Two whole batches committed. Pools yield batches in completion order, so the short last
         # batch (10 = 3 + 3 + 3 + 1 samples per cell) may be one of them.
         assert len(partial) in (3 + 3, 3 + 1), partial
         assert not partial.duplicated(["cell_key", "sample_index"]).any()
-        run_suite(s, tmp_path / "ray", executor=ex)
-        a, b = read_results(local), read_results(tmp_path / "ray")
+        run_suite(s, tmp_path / kind, executor=ex)
+        a, b = read_results(local), read_results(tmp_path / kind)
         assert len(a) == len(plan(s)) * 10 and not b.duplicated(["cell_key", "sample_index"]).any()
         pd.testing.assert_frame_equal(a, b)
-        assert read_manifest(tmp_path / "ray")["executor"].startswith("RayExecutor(")
+        assert read_manifest(tmp_path / kind)["executor"] == repr(ex)
 
         x, y = mnist_test_small[0][:2], mnist_test_small[1][:2]
         with pytest.raises(RuntimeFailure, match="same model_zoo/"):
             list(ex.map([_clean_task(x, y, "0" * 64, model="mnist/tiny-cnn")]))
+        # a user error raised in a worker comes back with its type (exit 2, not a crash)
+        with pytest.raises(ZooError, match="unknown zoo entry 'mnist/no-such'"):
+            list(ex.map([_clean_task(x, y, "0" * 64, model="mnist/no-such")]))
     finally:
         ex.close()
 

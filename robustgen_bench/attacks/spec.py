@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
@@ -37,6 +37,12 @@ class AttackSpec:
     sweep_of: str | None = None
     sweep: tuple[tuple[str, Any], ...] = ()
 
+    def __reduce__(self) -> tuple:
+        # Picklable for worker processes (a mappingproxy is not): params travel as a dict.
+        state = {f.name: getattr(self, f.name) for f in fields(self)}
+        state["params"] = dict(self.params)
+        return (_rebuild_spec, (state,))
+
     def canonical(self) -> dict[str, Any]:
         """JSON-able canonical form; its hash keys the cell in the store.
 
@@ -59,6 +65,10 @@ class AttackSpec:
         if revision:
             out["revision"] = revision
         return out
+
+
+def _rebuild_spec(state: dict[str, Any]) -> AttackSpec:
+    return AttackSpec(**{**state, "params": MappingProxyType(state["params"])})
 
 
 def _revision(library: str, attack: str) -> int:
