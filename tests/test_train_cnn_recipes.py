@@ -78,3 +78,32 @@ def test_bad_lr_halve_every_is_a_zoo_error(small_zoo: Path) -> None:
     f.write_text(f.read_text().replace("lr_halve_every: 15", "lr_halve_every: 0"))
     with pytest.raises(ZooError, match="lr_halve_every"):
         train_entry("mnist/cnn", epochs=1, root=root, checkpoint_root=small_zoo / "ckpt")
+
+
+def test_recalibrate_batchnorm_matches_the_statistics_of_the_images() -> None:
+    from torch import nn
+
+    from robustgen_bench.train.cnn_recipes import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 4, 3)
+    model = nn.Sequential(conv, nn.BatchNorm2d(4), nn.Dropout(0.5), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    bn = model[1]
+    bn.running_mean.fill_(5.0)  # statistics of other (noisy) inputs
+    bn.running_var.fill_(9.0)
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k}
+    x = torch.rand(64, 1, 8, 8)
+    assert recalibrate_batchnorm(model, x, batch_size=64) == 1
+    with torch.no_grad():
+        feats = conv(x)  # (64, 4, 6, 6): the reference statistics, per channel
+    torch.testing.assert_close(bn.running_mean, feats.mean((0, 2, 3)))
+    torch.testing.assert_close(bn.running_var, feats.var((0, 2, 3), unbiased=True))
+    assert bn.momentum == 0.1 and not model.training and not bn.training  # restored, eval mode
+    after = {k: v for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    assert all(torch.equal(after[k], weights[k]) for k in after)  # only the statistics changed
+    # several batches: the average of per-batch statistics; deterministic (dropout was off)
+    recalibrate_batchnorm(model, x, batch_size=16)
+    first = bn.running_mean.clone()
+    recalibrate_batchnorm(model, x, batch_size=16)
+    torch.testing.assert_close(bn.running_mean, first, rtol=0, atol=0)
+    torch.testing.assert_close(first, feats.mean((0, 2, 3)))

@@ -6,7 +6,9 @@ whatever the entry records (far fewer than the thesis's 500 on a GPU). ``lr_halv
 halves the learning rate every E epochs (the thesis halves it every 200); the rate is a function
 of the epoch, so a resumed run follows the same schedule. ``adv_pgd`` also reports the accuracy
 of ``val_robust_n`` validation images under its own training attack, the number to choose its
-settings on (never the test split).
+settings on (never the test split). ``bn_recalibrate: true`` (``cnn_noise``) re-estimates the
+BatchNorm statistics on the clean training images after the last epoch (see
+:func:`recalibrate_batchnorm`).
 """
 
 from __future__ import annotations
@@ -33,11 +35,44 @@ def _setup(ctx: TrainContext):
     return model, opt, (xtr, ytr), (xval, yval)
 
 
+def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> int:
+    """Re-estimate every BatchNorm's running mean and variance on the images x (N, C, H, W),
+    the weights fixed: a cumulative average over x in a fixed order (momentum None), dropout
+    off, no gradients. Returns the number of BatchNorm layers re-estimated.
+
+    Why: a model trained on noisy inputs keeps the statistics of noisy inputs, and in eval mode
+    normalises clean images with them; re-estimating them on clean images removes that mismatch
+    (the weights, and what the network learned, are unchanged).
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return 0
+    saved = {m: m.momentum for m in bns}
+    model.eval()  # dropout (and everything else) as deployed ...
+    for m in bns:  # ... except the BatchNorms, which now accumulate batch statistics
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    try:
+        with torch.no_grad():
+            for i in range(0, len(x), batch_size):
+                model.predict_with_grad(x[i:i + batch_size]) if hasattr(model, "predict_with_grad") \
+                    else model(x[i:i + batch_size])
+    finally:
+        for m, momentum in saved.items():
+            m.momentum = momentum
+        model.eval()
+    return len(bns)
+
+
 def _train_loop(ctx: TrainContext, model: nn.Module, opt: torch.optim.Optimizer,
                 train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
                 make_inputs: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], label: str,
-                extra_metrics: Callable[[], dict[str, float]] | None = None) -> None:
-    """Cross-entropy epochs on ``make_inputs(xb, yb)`` (xb (B, C, H, W) -> (B, C, H, W))."""
+                extra_metrics: Callable[[], dict[str, float]] | None = None,
+                bn_recalibrate: bool = False) -> None:
+    """Cross-entropy epochs on ``make_inputs(xb, yb)`` (xb (B, C, H, W) -> (B, C, H, W));
+    with ``bn_recalibrate``, BatchNorm statistics re-estimated on the clean training images at
+    the end (:func:`recalibrate_batchnorm`)."""
     xtr, ytr = train
     bs = int(ctx.hparam("batch_size", 512, int))
     n_batches = (len(ytr) + bs - 1) // bs
@@ -75,6 +110,11 @@ def _train_loop(ctx: TrainContext, model: nn.Module, opt: torch.optim.Optimizer,
 
     run_epochs(ctx, {"model": model}, {"opt": opt}, epoch_fn)
     model.eval()
+    if bn_recalibrate:
+        before = accuracy(model.predict, *val)
+        n = recalibrate_batchnorm(model, xtr, bs)
+        ctx.console.print(f"{ctx.entry.id}: BatchNorm statistics of {n} layers re-estimated on "
+                          f"{len(ytr)} clean training images (val accuracy {before:.4f} before)")
     ctx.console.print(f"{ctx.entry.id}: final val accuracy {accuracy(model.predict, *val):.4f} "
                       f"on {len(val[1])} held-out training images")
     ctx.save_weights(model.state_dict())
@@ -99,9 +139,11 @@ def random_shift(x: torch.Tensor, pixels: int) -> torch.Tensor:
 @register_recipe("cnn_noise")
 def cnn_noise(ctx: TrainContext) -> None:
     """Cross-entropy on x + N(0, noise_sigma²) clipped to [0, 1] (train.noise_sigma), after an
-    optional random translation of up to ``shift`` pixels (train.shift, default 0)."""
+    optional random translation of up to ``shift`` pixels (train.shift, default 0); with
+    ``bn_recalibrate: true``, BatchNorm statistics re-estimated on clean images at the end."""
     sigma = float(ctx.hparam("noise_sigma", 0.0, (int, float)))
     shift = int(ctx.hparam("shift", 0, int))
+    recal = bool(ctx.hparam("bn_recalibrate", False, bool))
     model, opt, train, val = _setup(ctx)
 
     def noisy(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
@@ -109,7 +151,7 @@ def cnn_noise(ctx: TrainContext) -> None:
         xb = random_shift(xb, shift)
         return (xb + sigma * torch.randn_like(xb)).clamp(0, 1) if sigma > 0 else xb
 
-    _train_loop(ctx, model, opt, train, val, noisy, f"noise σ={sigma}")
+    _train_loop(ctx, model, opt, train, val, noisy, f"noise σ={sigma}", bn_recalibrate=recal)
 
 
 @register_recipe("adv_pgd")
