@@ -68,7 +68,10 @@ def run(
 
         console.print(f"attack-failure checks (subsample {s.checks.subsample}; "
                       "`checks: false` in the suite turns them off)")
-        run_checks(out, data_dir=data_dir, log=lambda m: console.print(f"  {m}", highlight=False))
+        # checks use the run's worker processes when it had them (Ray runs check in this process)
+        check_workers = getattr(ex, "workers", 1) if executor == "processes" else 1
+        run_checks(out, data_dir=data_dir, workers=check_workers,
+                   log=lambda m: console.print(f"  {m}", highlight=False))
     _report(out)
 
 
@@ -94,6 +97,7 @@ def checks(
     only: Annotated[Optional[list[str]], typer.Option("--only", help="Only this check (repeatable).")] = None,
     recompute: Annotated[bool, typer.Option(help="Recompute stored results too.")] = False,
     data_dir: Annotated[Optional[Path], typer.Option(help="Dataset root (else $RGBENCH_DATA).")] = None,
+    workers: Annotated[int, typer.Option(help="Compute checks in this many worker processes.")] = 1,
 ) -> None:
     """Compute the attack-failure checks RUN_DIR is missing, store and print them all.
 
@@ -108,8 +112,10 @@ def checks(
         raise RunDirError("run directory not found", file=run_dir)
     if subsample is not None and subsample < 1:
         raise UserInputError(f"expected a positive integer, got {subsample}", key="--subsample")
+    if workers < 1:
+        raise UserInputError(f"expected a positive integer, got {workers}", key="--workers")
     results = run_checks(run_dir, data_dir=data_dir, subsample=subsample, names=only,
-                         recompute=recompute,
+                         recompute=recompute, workers=workers,
                          log=lambda m: err_console.print(m, highlight=False))
     if not results:
         console.print("no checks: the suite turned them off (checks: {enabled: false})")

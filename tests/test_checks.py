@@ -201,6 +201,25 @@ def test_results_are_stored_and_reused(main_run, monkeypatch) -> None:
         [(r.model, r.name, r.threat, r.status, r.figure) for r in first]
 
 
+def test_worker_processes_compute_the_same_checks(main_run, tmp_path) -> None:
+    # a copy of the run: recomputing in place would race the other tests' stored results
+    import shutil
+
+    run_dir, first = main_run
+    shutil.copytree(run_dir, tmp_path / "run")
+    again = run_checks(tmp_path / "run", recompute=True, workers=2)
+
+    def key(results: list[CheckResult]) -> list[tuple[str, ...]]:
+        # the figure of a model that draws unseeded noise while declared deterministic depends
+        # on the process's RNG state (that is what the check reports); its verdict does not
+        return [(r.model, r.name, r.threat, r.status,
+                 "" if (r.model, r.name) == ("mnist/noisy-declared-det", "randomness") else r.figure)
+                for r in results]
+
+    assert key(again) == key(first)
+    assert key(run_checks(tmp_path / "run")) == key(first)  # stored by the driver
+
+
 def test_table_board_and_caption_show_the_checks(main_run, tmp_path) -> None:
     from robustgen_bench.report import render_table, write_reports
     from robustgen_bench.report.leaderboard import write_leaderboard

@@ -336,14 +336,18 @@ def _unbounded_from_rows(p: Planned, ctx: _Context) -> CheckResult:
                         "attacks": ids}, p.cells)
 
 
-def run_checks(run_dir: str | Path, *, data_dir: str | Path | None = None,
-               subsample: int | None = None, names: Sequence[str] | None = None,
-               recompute: bool = False, log: Log | None = None) -> list[CheckResult]:
-    """Compute the run's missing checks (all with ``recompute``), store them, return every
-    planned result in report order. [] when the suite turned checks off."""
+def _compute_or_error(p: Planned, ctx: _Context) -> CheckResult:
+    try:
+        return compute(p, ctx)
+    except Exception as e:  # noqa: BLE001 - a check that cannot run is reported, not raised
+        LOG.exception("check %s of %s failed", p.name, p.model)
+        return CheckResult(p.name, p.model, p.threat, "error", f"{type(e).__name__}: {e}", {},
+                           p.cells)
+
+
+def _load_context(run_dir: Path, data_dir: str | Path | None, subsample: int | None) -> _Context:
     from robustgen_bench.report.runs import RunDirError, load_runs
 
-    run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     if not manifest:
         raise RunDirError("no manifest.json: expected a run directory written by `rgbench run`",
@@ -351,6 +355,39 @@ def run_checks(run_dir: str | Path, *, data_dir: str | Path | None = None,
     cs = ChecksSpec.from_canonical(manifest.get("checks"))
     if subsample is not None:
         cs = cs.with_subsample(subsample)
+    return _Context(run_dir, manifest, load_runs([run_dir]).results, cs, data_dir)
+
+
+# A worker process's context (rows, data, its last defense), reused across the checks it computes.
+_WORKER_CONTEXT: dict[tuple[str, str, int | None], _Context] = {}
+
+
+def _compute_in_worker(run_dir: str, data_dir: str | None, subsample: int | None,
+                       p: Planned) -> CheckResult:
+    key = (run_dir, str(data_dir), subsample)
+    if key not in _WORKER_CONTEXT:
+        _WORKER_CONTEXT.clear()
+        _WORKER_CONTEXT[key] = _load_context(Path(run_dir), data_dir, subsample)
+    return _compute_or_error(p, _WORKER_CONTEXT[key])
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)  # the workers already occupy the cores
+
+
+def run_checks(run_dir: str | Path, *, data_dir: str | Path | None = None,
+               subsample: int | None = None, names: Sequence[str] | None = None,
+               recompute: bool = False, log: Log | None = None,
+               workers: int = 1) -> list[CheckResult]:
+    """Compute the run's missing checks (all with ``recompute``), store them, return every
+    planned result in report order. [] when the suite turned checks off.
+
+    ``workers`` > 1 computes the checks in that many spawned processes (each check is
+    independent; each worker keeps its own rows, data and last defense); only this process
+    writes the store.
+    """
+    run_dir = Path(run_dir)
+    ctx = _load_context(run_dir, data_dir, subsample)
     if names is not None:
         unknown = [n for n in names if n not in CHECK_NAMES]
         if unknown:
@@ -358,27 +395,40 @@ def run_checks(run_dir: str | Path, *, data_dir: str | Path | None = None,
 
             raise UserInputError(f"unknown check {unknown[0]!r}; expected names from "
                                  f"{', '.join(CHECK_NAMES)}", key="--only")
-    df = load_runs([run_dir]).results
-    planned = plan_checks(df, manifest, cs, names)
+    planned = plan_checks(ctx.df, ctx.manifest, ctx.cs, names)
     stored = {} if recompute else read_checks(run_dir, keys=[p.key for p in planned])
-    ctx = _Context(run_dir, manifest, df, cs, data_dir)
-    # model by model, so each defense is built once
+    # model by model, so each defense is built once (per worker)
     order = sorted(range(len(planned)), key=lambda i: (planned[i].model, i))
-    results: dict[int, CheckResult] = {}
-    for i in order:
-        p = planned[i]
-        if p.key in stored:
-            results[i] = stored[p.key]
-            continue
-        if log:
-            log(f"checking {p.model} · {p.name}" + ("" if p.threat == ALL_THREATS else f" ({p.threat})"))
-        try:
-            r = compute(p, ctx)
-        except Exception as e:  # noqa: BLE001 - a check that cannot run is reported, not raised
-            LOG.exception("check %s of %s failed", p.name, p.model)
-            r = CheckResult(p.name, p.model, p.threat, "error", f"{type(e).__name__}: {e}", {},
-                            p.cells)
+    results: dict[int, CheckResult] = {i: stored[planned[i].key] for i in order
+                                       if planned[i].key in stored}
+    todo = [i for i in order if i not in results]
+
+    def label(p: Planned) -> str:
+        return f"{p.model} · {p.name}" + ("" if p.threat == ALL_THREATS else f" ({p.threat})")
+
+    def keep(i: int, r: CheckResult) -> None:
         if r.status != "error":  # an error is retried by the next call
-            write_check(run_dir, p.key, r)
+            write_check(run_dir, planned[i].key, r)
         results[i] = r
+
+    if workers > 1 and len(todo) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo)),
+                                 mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_init_worker) as pool:
+            futures = {pool.submit(_compute_in_worker, str(run_dir),
+                                   None if data_dir is None else str(data_dir), subsample,
+                                   planned[i]): i for i in todo}
+            for f in as_completed(futures):
+                i = futures[f]
+                keep(i, f.result())
+                if log:
+                    log(f"checked {label(planned[i])}: {results[i].status}")
+    else:
+        for i in todo:
+            if log:
+                log(f"checking {label(planned[i])}")
+            keep(i, _compute_or_error(planned[i], ctx))
     return [results[i] for i in range(len(planned))]
