@@ -201,6 +201,26 @@ def test_results_are_stored_and_reused(main_run, monkeypatch) -> None:
         [(r.model, r.name, r.threat, r.status, r.figure) for r in first]
 
 
+def test_probes_rerun_the_attack_the_run_ran(tmp_path) -> None:
+    # the warm surrogate, a per-attack EOT and sweep points key cells: the probes' specs must
+    # carry them back from the manifest, or a convergence probe tests another attack
+    from robustgen_bench.checks.probes import convergence_variants
+    from robustgen_bench.checks.run import attack_specs
+    pgd = ("{id: pgd, library: foolbox, attack: LinfPGD, threat: linf, epsilon: [0.1, 0.3], "
+           "steps: [5, 10], rel_stepsize: 0.1, eot: 3, surrogate: {warm_steps: 4, radius: 0.5}}")
+    s = load_suite(write_suite(tmp_path / "s.yaml", ["mnist/honest"], [pgd]))
+    manifest = {"suite": s.canonical()}  # what the run's manifest holds
+    specs = attack_specs(manifest)
+    assert [a.canonical() for a in specs] == [a.canonical() for a in s.attacks]
+    assert all(a.surrogate is not None and a.surrogate.steps == 4 and a.eot == 3 for a in specs)
+    from robustgen_bench.adaptive import AdaptiveSpec, GradientHook
+
+    randomized = AdaptiveSpec(GradientHook.EXACT, randomized=True, eot=5)
+    [(_, steps2, _), (label, eot2, _)] = convergence_variants(specs[0], randomized)
+    assert dict(steps2.params)["steps"] == 2 * dict(specs[0].params)["steps"]
+    assert eot2.eot == 6 and "2x EOT (6)" in label  # the attack's EOT, doubled
+
+
 def test_worker_processes_compute_the_same_checks(main_run, tmp_path) -> None:
     # a copy of the run: recomputing in place would race the other tests' stored results
     import shutil

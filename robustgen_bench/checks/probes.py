@@ -165,8 +165,10 @@ def convergence_variants(spec: AttackSpec, adaptive: AdaptiveSpec
                         _with_params(spec, **{key: 2 * int(params[key])}), adaptive))
             break
     if adaptive.randomized:
-        out.append((f"2x EOT ({2 * adaptive.eot}) and verify draws ({2 * spec.verify_draws})",
-                    replace(spec, verify_draws=2 * spec.verify_draws),
+        eot = spec.eot if spec.eot is not None else adaptive.eot  # the attack's own EOT wins
+        out.append((f"2x EOT ({2 * eot}) and verify draws ({2 * spec.verify_draws})",
+                    replace(spec, verify_draws=2 * spec.verify_draws,
+                            eot=None if spec.eot is None else 2 * spec.eot),
                     replace(adaptive, eot=2 * adaptive.eot)))
     else:
         for key in ("restarts", "n_restarts"):

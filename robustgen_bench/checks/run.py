@@ -41,16 +41,27 @@ class Planned:
 
 
 def attack_specs(manifest: Mapping[str, Any]) -> list[AttackSpec]:
-    """The run's attack specs, one per (attack id, epsilon), back from the manifest."""
+    """The run's attack specs, one per (attack id, epsilon), back from the manifest: everything
+    that keys a cell (the warm surrogate, a per-attack EOT and a sweep point included), so that
+    a probe re-runs the attack the run ran."""
     from types import MappingProxyType
+
+    from robustgen_bench.adaptive import WarmStart
 
     out = []
     for a in (manifest.get("suite") or {}).get("attacks", []):
+        warm = a.get("surrogate")
+        sweep = a.get("sweep") or {}
         out.append(AttackSpec(id=a["id"], library=a["library"], attack=a["attack"],
                               threat=Threat(a["threat"]), epsilon=float(a["epsilon"]),
                               params=MappingProxyType(dict(a.get("params") or {})),
                               verify_draws=int(a.get("verify_draws", 5)),
-                              seed=int(a.get("seed", 0))))
+                              seed=int(a.get("seed", 0)),
+                              surrogate=None if warm is None else WarmStart(
+                                  steps=int(warm["warm_steps"]), radius=float(warm["radius"])),
+                              eot=None if a.get("eot") is None else int(a["eot"]),
+                              sweep_of=sweep.get("of"),
+                              sweep=tuple((k, v) for k, v in sweep.get("values", ()))))
     return out
 
 
