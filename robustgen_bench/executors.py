@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
@@ -132,6 +132,33 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
+def _bounded_stream(tasks: Iterable[BatchTask], in_flight: int, submit: Callable[[BatchTask], Any],
+                    wait_some: Callable[[list[Any]], tuple[list[BatchResult], list[Any]]],
+                    cancel: Callable[[Any], Any]) -> Iterator[BatchResult]:
+    """Keep at most ``in_flight`` submitted tasks and yield results as they complete (the pool
+    executors' common loop). ``wait_some(pending)`` blocks until at least one finishes and returns
+    its results and the rest; on an error, or a caller that stops early (Ctrl-C), the batches still
+    pending are cancelled: nobody would store their results."""
+    it = iter(tasks)
+    pending: list[Any] = []
+    exhausted = False
+    try:
+        while True:
+            while not exhausted and len(pending) < in_flight:
+                t = next(it, None)
+                if t is None:
+                    exhausted = True
+                else:
+                    pending.append(submit(t))
+            if not pending:
+                return
+            done, pending = wait_some(pending)
+            yield from done
+    finally:
+        for p in pending:
+            cancel(p)
+
+
 class LocalExecutor:
     """Runs each task in this process when the runner asks for its result (lazy, in order)."""
 
@@ -177,26 +204,12 @@ class ProcessExecutor:
     def map(self, tasks: Iterable[BatchTask]) -> Iterator[BatchResult]:
         from concurrent.futures import FIRST_COMPLETED, wait
 
-        it = iter(tasks)
-        pending: set[Any] = set()
-        exhausted = False
-        try:
-            while True:
-                while not exhausted and len(pending) < self.in_flight:
-                    t = next(it, None)
-                    if t is None:
-                        exhausted = True
-                    else:
-                        pending.add(self._pool.submit(run_task, t))
-                if not pending:
-                    return
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for f in done:
-                    yield f.result()
-        finally:
-            # An error, or a caller that stops early: drop the batches nobody will store.
-            for f in pending:
-                f.cancel()
+        def wait_some(pending: list[Any]) -> tuple[list[BatchResult], list[Any]]:
+            done, rest = wait(pending, return_when=FIRST_COMPLETED)
+            return [f.result() for f in done], list(rest)
+
+        return _bounded_stream(tasks, self.in_flight, lambda t: self._pool.submit(run_task, t),
+                               wait_some, lambda f: f.cancel())
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -247,33 +260,20 @@ class RayExecutor:
 
     def map(self, tasks: Iterable[BatchTask]) -> Iterator[BatchResult]:
         ray = self._ray
-        it = iter(tasks)
-        pending: list[Any] = []
-        exhausted = False
-        try:
-            while True:
-                while not exhausted and len(pending) < self.in_flight:
-                    t = next(it, None)
-                    if t is None:
-                        exhausted = True
-                    else:
-                        remote = self._remote_gpu if t.device.startswith("cuda") else self._remote
-                        # a Ray worker picks its own GPU: "cuda" (no index) on the worker
-                        pending.append(remote.remote(t))
-                if not pending:
-                    return
-                ready, pending = ray.wait(pending, num_returns=1)
-                try:
-                    result = ray.get(ready[0])
-                except ray.exceptions.RayTaskError as e:
-                    cause = getattr(e, "cause", None)
-                    raise (cause if isinstance(cause, BaseException) else e) from None
-                yield result
-        finally:
-            # An error, or a caller that stops early (Ctrl-C): do not leave batches running
-            # whose results nobody will store.
-            for ref in pending:
-                ray.cancel(ref)
+
+        def submit(t: BatchTask) -> Any:
+            # a Ray worker picks its own GPU: "cuda" (no index) on the worker
+            return (self._remote_gpu if t.device.startswith("cuda") else self._remote).remote(t)
+
+        def wait_some(pending: list[Any]) -> tuple[list[BatchResult], list[Any]]:
+            ready, rest = ray.wait(pending, num_returns=1)
+            try:
+                return [ray.get(ready[0])], rest
+            except ray.exceptions.RayTaskError as e:
+                cause = getattr(e, "cause", None)
+                raise (cause if isinstance(cause, BaseException) else e) from None
+
+        return _bounded_stream(tasks, self.in_flight, submit, wait_some, ray.cancel)
 
     def close(self) -> None:
         if self._owns and self._ray.is_initialized():
