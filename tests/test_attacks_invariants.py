@@ -381,3 +381,29 @@ def test_pgd_search_stores_the_smallest_confirmed_budget(attack, threat, top, sc
             continue
         assert r.distance is not None and true_min < r.distance <= true_min + step + 1e-4, (level, r)
         assert r.adv_correct == (r.distance > top / 4)
+
+
+class StricterPredictDefense(BrightnessDefense):
+    """The gradient path flips at mean 0.5, ``predict`` only at mean 0.62: a surrogate that
+    calls samples adversarial earlier than the defense does (as a warm-started surrogate can)."""
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        with torch.no_grad():
+            m = x.flatten(1).mean(dim=1) - 0.62
+            return torch.stack([-m, m], dim=1) * self.scale
+
+
+def test_pgd_search_keeps_searching_until_predict_confirms():
+    """A sample leaves the search on ``predict``'s verdict, not the surrogate's: here the
+    surrogate flips at budget 0.25, the defense at 0.37, so the stored distance is the first
+    grid budget above 0.37 (0.40), not a failure at 0.30."""
+    x, y = torch.full((2, 1, 4, 4), 0.25), torch.zeros(2, dtype=torch.long)
+    s = AttackSpec(id="s", library="foolbox", attack="LinfPGDSearch", threat=Threat.LINF,
+                   epsilon=0.3, verify_draws=1, seed=0,
+                   params=MappingProxyType({"grid": 10, "max_epsilon": 0.5, "steps": 20}))
+    rows = make_attack(s)(StricterPredictDefense(), EXACT, x, y, [0, 1],
+                          torch.zeros(2, dtype=torch.long))
+    for r in rows:
+        assert r.distance is not None and 0.37 < r.distance <= 0.40 + 1e-4, r
+        assert r.adv_correct  # robust at the cell's epsilon 0.3

@@ -88,6 +88,10 @@ class Attack(ABC):
     PARAMS: ClassVar[Mapping[str, Param]] = MappingProxyType({})
     #: True for attacks that minimise the perturbation (DDN, CW, DeepFool, Boundary, noise search).
     MINIMAL_NORM: ClassVar[bool] = False
+    #: True where every round attacks a larger budget than the one before (a search over
+    #: budgets): a sample that ``predict`` confirmed adversarial leaves the later rounds, which
+    #: could only find a farther example. Minimal-norm attacks re-attack every sample otherwise.
+    ROUNDS_GROW_BUDGET: ClassVar[bool] = False
     THREATS: ClassVar[frozenset[Threat]] = frozenset(Threat)
     #: Bumped when an adapter's behaviour changes under the same params, so that its cells get
     #: new keys and rows of the old behaviour never mix with the new (0: not recorded).
@@ -100,6 +104,7 @@ class Attack(ABC):
 
     def __init__(self, spec: AttackSpec) -> None:
         self.spec = spec
+        self.round = 0
         self.params: Mapping[str, Any] = MappingProxyType(
             resolve_params(self.PARAMS, spec.params, self._owner()))
         if spec.threat not in self.THREATS:
@@ -133,7 +138,10 @@ class Attack(ABC):
         return float(self.spec.epsilon)
 
     def rounds(self) -> int:
-        """How often :meth:`_run` is called per batch (the ``restarts`` param where declared)."""
+        """How often :meth:`_run` is called per batch (the ``restarts`` param where declared).
+
+        During a call, ``self.round`` holds the current round (0-based), set by ``__call__``.
+        """
         return int(self.params.get("restarts", 1))
 
     def __repr__(self) -> str:
@@ -191,8 +199,10 @@ class Attack(ABC):
                 model = StandardizedLogits(model)
             with fork_rng(x.device), _attack_mode(defense):
                 torch.manual_seed(_batch_seed(self.spec.seed, indices))
-                for _ in range(self.rounds()):
-                    todo = attacked if self.MINIMAL_NORM else torch.tensor(
+                for r in range(self.rounds()):
+                    self.round = r
+                    every = self.MINIMAL_NORM and not self.ROUNDS_GROW_BUDGET
+                    todo = attacked if every else torch.tensor(
                         [int(i) for i in attacked if not states[int(i)].success], dtype=torch.long)
                     if not len(todo):
                         break

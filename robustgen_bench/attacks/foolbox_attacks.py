@@ -146,10 +146,14 @@ class _PGD(FoolboxAttack):
         return _tracked(getattr(_fb().attacks, self.FB_CLASS), self.params["loss"], False,
                         recorder)
 
+    def _budget(self) -> float:
+        """The budget this round attacks (the cell's epsilon)."""
+        return self.epsilon
+
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackOutput:
         recorder = _BestIterate(x, y) if self.params["best_iterate"] else None
         out = self._call(self._attack_class(recorder)(**self._kwargs()), model, x, y,
-                         self.epsilon)
+                         self._budget())
         if recorder is None:
             return out
         return AttackOutput(out.x_adv, out.flagged, fallbacks=(recorder.candidate(x),))
@@ -188,56 +192,28 @@ def _search_params(steps: int, rel_stepsize: float) -> MappingProxyType[str, Par
 class _PGDSearch(_PGD):
     """Minimal-norm PGD (the thesis's Table 2.6 distances): foolbox PGD on a grid of budgets.
 
-    The budgets ``max_epsilon·g/grid`` (g = 1..grid) are attacked in increasing order, each with
-    the full PGD (its own random start, steps of ``rel_stepsize`` times that budget); a sample
-    leaves the search once the surrogate finds it adversarial at some budget. Its candidates go
-    to the base class smallest budget first (PGD's output, then the best iterate, per budget),
-    so the stored distance is the smallest one that the defense's ``predict`` confirms; the cell's
+    The budgets ``max_epsilon·g/grid`` (g = 1..grid) are attacked in increasing order, one round
+    each, with the full PGD (its own random start, steps of ``rel_stepsize`` times that budget).
+    Every round's output (and best iterate) is verified by the defense's ``predict``, and a
+    sample leaves the search only once ``predict`` confirms it adversarial: the surrogate's
+    verdict decides nothing (with a warm-started or randomized surrogate it can call a sample
+    adversarial that the defense classifies correctly, which would end its search early). The
+    stored distance is therefore the smallest budget that ``predict`` confirms; the cell's
     epsilon only decides robust accuracy. Resolution: ``max_epsilon / grid``.
     """
 
     MINIMAL_NORM = True
+    ROUNDS_GROW_BUDGET = True
+    # 2: a sample left the search on the surrogate's verdict before (and was verified once).
+    REVISION = 2
 
     def rounds(self) -> int:
-        return 1
+        return int(self.params["grid"])
 
-    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackOutput:
+    def _budget(self) -> float:
         p = self.params
         top = p["max_epsilon"] if p["max_epsilon"] is not None else 2.0 * self.epsilon
-        active = torch.ones(len(x), dtype=torch.bool, device=x.device)
-        candidates: list[torch.Tensor] = []
-        last: list[tuple[torch.Tensor, torch.Tensor]] = []  # the largest budget's, for the rest
-
-        def placed(rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-            full = x.detach().clone()  # the input itself elsewhere: skipped without a predict
-            full[rows] = values.to(x.dtype)
-            return full
-
-        for g in range(1, p["grid"] + 1):
-            idx = torch.nonzero(active).flatten()
-            if not len(idx):
-                break
-            eps = top * g / p["grid"]
-            recorder = _BestIterate(x[idx], y[idx]) if p["best_iterate"] else None
-            out = self._call(self._attack_class(recorder)(**self._kwargs()), model, x[idx],
-                             y[idx], eps)
-            flagged = out.flagged.to(torch.bool).to(x.device)
-            best = recorder.candidate(x[idx]) if recorder is not None else None
-            found = flagged | (recorder.margin > 0) if recorder is not None else flagged
-            # Only what the surrogate found adversarial is a candidate at this budget (a
-            # predict per candidate and verification draw is the expensive part); the samples
-            # it never found are verified once, at the largest budget, below.
-            candidates.append(placed(idx[flagged], out.x_adv[flagged]))
-            if best is not None:
-                candidates.append(placed(idx[found], best[found]))
-            last = [(idx[~found], out.x_adv[~found])]
-            if best is not None:
-                last.append((idx[~found], best[~found]))
-            active[idx[found]] = False
-        candidates += [placed(rows, values) for rows, values in last]
-        if not candidates:
-            return AttackOutput(x.detach().clone())
-        return AttackOutput(candidates[0], fallbacks=tuple(candidates[1:]))
+        return top * (self.round + 1) / p["grid"]
 
 
 @register_attack(LIBRARY, "LinfPGDSearch")
