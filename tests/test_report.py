@@ -209,6 +209,26 @@ def test_leaderboard_files_name_their_command(tmp_path: Path) -> None:
     assert pngs and all((tmp_path / "lb" / p).is_file() and p.startswith("small_") for p in pngs)
 
 
+def test_leaderboard_removes_files_of_its_earlier_shape(tmp_path: Path) -> None:
+    """A rewritten board deletes the plots (and their CSVs) its previous version linked and this
+    one no longer writes; files it never linked, and other boards' files, stay."""
+    from robustgen_bench.report.leaderboard import write_leaderboard
+
+    run, lb = small_run(tmp_path), tmp_path / "lb"
+    board = write_leaderboard(run, lb)[0]
+    for f in ("small_robust_accuracy_l1.png", "small_robust_accuracy_l1.csv", "small_mine.png",
+              "other_robust_accuracy_linf.png"):
+        (lb / f).write_text("old")
+    board.write_text(board.read_text() + "\n![old](small_robust_accuracy_l1.png)\n"
+                     "![theirs](other_robust_accuracy_linf.png)\n")
+    write_leaderboard(run, lb)
+    assert not (lb / "small_robust_accuracy_l1.png").exists()
+    assert not (lb / "small_robust_accuracy_l1.csv").exists()
+    assert (lb / "small_mine.png").exists() and (lb / "other_robust_accuracy_linf.png").exists()
+    linked = re.findall(r"\]\(([^)]+)\)", board.read_text())
+    assert linked and all((lb / f).is_file() for f in linked)
+
+
 def test_leaderboard_refuses_an_incomplete_run(tmp_path: Path) -> None:
     from robustgen_bench.report.leaderboard import main, write_leaderboard
 

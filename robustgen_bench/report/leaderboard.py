@@ -10,6 +10,7 @@ that regenerates it. Only reads stored results (the runs themselves come from ``
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import sys
 from collections.abc import Sequence
@@ -116,15 +117,19 @@ def _provenance(runs: RunSet) -> list[str]:
     return lines
 
 
-def _sweeps(runs: RunSet, out_dir: Path, name: str) -> list[str]:
-    """One section per swept attack: robust accuracy per value (rows) and model, and its plot."""
+def _sweeps(runs: RunSet, out_dir: Path, name: str, written: list[Path]) -> list[str]:
+    """One section per swept attack: robust accuracy per value (rows) and model, and its plot.
+
+    Appends every file it writes to ``written``."""
     from robustgen_bench.report.outputs import sweep_plots, sweep_stem
     from robustgen_bench.report.tables import sweep_table
 
     table = sweep_table(runs)
     if not len(table):
         return []
-    pngs = {p.stem: p for p in sweep_plots(runs, out_dir, prefix=f"{name}_") if p.suffix == ".png"}
+    files = sweep_plots(runs, out_dir, prefix=f"{name}_")
+    written.extend(files)
+    pngs = {p.stem: p for p in files if p.suffix == ".png"}
     md = ["## Sweeps", "",
           "Each swept attack's cells side by side: robust accuracy with Wilson 95 % intervals per "
           "value of the swept parameter (the cells are also rows of the table above).", ""]
@@ -149,8 +154,10 @@ def _sweeps(runs: RunSet, out_dir: Path, name: str) -> list[str]:
     return md
 
 
-def _figures(runs: RunSet, run_dir: Path, out_dir: Path, name: str) -> list[str]:
-    """McNemar heat maps of the worst-case rows and the run's example grids, beside the board."""
+def _figures(runs: RunSet, run_dir: Path, out_dir: Path, name: str, written: list[Path]) -> list[str]:
+    """McNemar heat maps of the worst-case rows and the run's example grids, beside the board.
+
+    Appends every file it writes to ``written``."""
     from robustgen_bench.report.plots import example_grid, load_examples, plot_pvalues
     from robustgen_bench.report.tables import mcnemar_tables
     from robustgen_bench.stats import worst_case_keys
@@ -166,6 +173,7 @@ def _figures(runs: RunSet, run_dir: Path, out_dir: Path, name: str) -> list[str]
     for key in keys:
         p = plot_pvalues(matrices[key], out_dir / f"{name}_mcnemar_{key.slug}.png",
                          f"McNemar p-values\n{key.group}", runs.stats.alpha)
+        written.append(p)
         md += [f"![McNemar p-values, {key.group}]({p.name})", ""]
     tensors = load_examples(run_dir)
     if tensors is not None:
@@ -175,6 +183,7 @@ def _figures(runs: RunSet, run_dir: Path, out_dir: Path, name: str) -> list[str]
                                                 title=runs.display(m), budgets=budgets))
                  for m in dict.fromkeys(k.rsplit("|", 2)[0] for k in tensors)]
         grids = [(m, g) for m, g in grids if g is not None]
+        written.extend(g for _, g in grids)
         if grids:
             md += ["## Examples (clean above adversarial, largest budget per attack)", ""]
             md += [f"![Clean and adversarial examples, {m}]({g.name})\n" for m, g in grids]
@@ -216,14 +225,18 @@ def write_leaderboard(run_dir: str | Path, out_dir: str | Path = "leaderboards",
     if notes:
         md += ["## Suite notes (from the suite file)", "", *notes, ""]
     out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    previous = _board_files(out_dir, name)
     if len(distances):
         md += ["## Closest adversarial distances (mean / median)", "",
                distances_markdown(distance_display(distances, clean)).rstrip(), ""]
-        plots = [p for p in curve_plots(runs, out_dir, prefix=f"{name}_") if p.suffix == ".png"]
+        files = curve_plots(runs, out_dir, prefix=f"{name}_")
+        written.extend(files)
+        plots = [p for p in files if p.suffix == ".png"]
         for p in plots:
             md += [f"![Robust accuracy as a function of ε, from the closest adversarial distances]({p.name})", ""]
-    md += _sweeps(runs, out_dir, name)
-    md += _figures(runs, run_dir, out_dir, name)
+    md += _sweeps(runs, out_dir, name, written)
+    md += _figures(runs, run_dir, out_dir, name, written)
     checks = stored_checks(runs)
     if checks:
         md += ["## Attack-failure checks", "",
@@ -244,7 +257,27 @@ def write_leaderboard(run_dir: str | Path, out_dir: str | Path = "leaderboards",
     paths = [out_dir / f"{name}.md", out_dir / f"{name}.tex"]
     paths[0].write_text("\n".join(md) + "\n")
     paths[1].write_text("\n".join(tex) + "\n")
+    # files of the board's earlier shape (a plot of an attack since removed) would otherwise
+    # stay beside it, and the site would still find them
+    for stale in sorted(previous - {p.resolve() for p in written}):
+        stale.unlink()
     return paths
+
+
+def _board_files(out_dir: Path, name: str) -> set[Path]:
+    """Files the board ``<out_dir>/<name>.md`` now links (``](<name>_...)``), with the CSV
+    written beside each plot; only plain files in ``out_dir`` named ``<name>_...``."""
+    board = out_dir / f"{name}.md"
+    if not board.is_file():
+        return set()
+    found: set[Path] = set()
+    for link in re.findall(r"\]\(([^)/\\]+)\)", board.read_text()):
+        if not link.startswith(f"{name}_"):
+            continue
+        for candidate in (out_dir / link, (out_dir / link).with_suffix(".csv")):
+            if candidate.is_file():
+                found.add(candidate.resolve())
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:
