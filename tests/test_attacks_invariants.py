@@ -407,3 +407,17 @@ def test_pgd_search_keeps_searching_until_predict_confirms():
     for r in rows:
         assert r.distance is not None and 0.37 < r.distance <= 0.40 + 1e-4, r
         assert r.adv_correct  # robust at the cell's epsilon 0.3
+
+
+def test_unbounded_probe_of_a_budget_search_searches_up_to_the_unbounded_budget():
+    """The unbounded check re-runs the cell's attack at a budget that reaches every image; for
+    a PGD search that capped its grid at ``max_epsilon`` the cap must move with it, or the probe
+    reports survivors that no budget the search tried could break."""
+    from robustgen_bench.checks.probes import unbounded
+
+    x, y = torch.full((2, 1, 4, 4), 0.25), torch.zeros(2, dtype=torch.long)
+    s = AttackSpec(id="s", library="foolbox", attack="LinfPGDSearch", threat=Threat.LINF,
+                   epsilon=0.1, verify_draws=1, seed=0,
+                   params=MappingProxyType({"grid": 8, "max_epsilon": 0.1, "steps": 10}))
+    out = unbounded(s, BrightnessDefense(), EXACT, x, y, [0, 1])
+    assert out["epsilon"] == 1.0 and out["survivors"] == 0

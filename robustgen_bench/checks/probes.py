@@ -128,8 +128,11 @@ def unbounded(spec: AttackSpec, defense: Defense, adaptive: AdaptiveSpec, x: tor
     spec = replace(spec, epsilon=eps)
     # A random start in a ball this large is a random image, which breaks any classifier
     # without a single gradient step: the probe tests the attack's steps, so start at x.
-    if "random_start" in get_attack_class(spec.library, spec.attack).PARAMS:
+    declared = get_attack_class(spec.library, spec.attack).PARAMS
+    if "random_start" in declared:
         spec = _with_params(spec, random_start=False)
+    if "max_epsilon" in declared:  # a budget search must reach the unbounded budget too
+        spec = _with_params(spec, max_epsilon=eps)
     robust, _ = run_attack(spec, defense, adaptive, x, y, indices)
     return {"attack": spec.id, "epsilon": eps, "samples": int(len(y)),
             "survivors": int(robust.sum())}
