@@ -1,7 +1,8 @@
 """Choose E-ABS's inner-optimisation schedule on validation images (never the test split).
 
-For one variational zoo entry and each value of ``--logvar-lr`` (the Adam rate of the posterior's
-log-variance; ``none`` = the entry's ``lr``, the behaviour before the key existed), on the first N
+For one variational zoo entry and each combination of ``--steps`` (inner Adam steps), ``--lr``
+(the Adam rate of the posterior mean) and ``--logvar-lr`` (the Adam rate of its log-variance;
+``none`` = ``lr``, the behaviour before the key existed), on the first N
 images of the entry's own validation split (``train.val_fraction`` of the training set, held out
 with ``train.seed`` exactly as its recipe held it out), in this process, on the same weights:
 
@@ -14,6 +15,7 @@ with ``train.seed`` exactly as its recipe held it out), in this process, on the 
 
 Prints a Markdown table; asserts nothing. Usage:
     .venv/bin/python benchmarks/eabs_inference_schedule.py mnist/eabs --n 300 --logvar-lr none 0.2 0.5
+    .venv/bin/python benchmarks/eabs_inference_schedule.py mnist/eabs --n 500 --steps 0 25 50 100 --lr 0.05
 """
 
 from __future__ import annotations
@@ -42,7 +44,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("entry", nargs="?", default="mnist/eabs")
     ap.add_argument("--n", type=int, default=300)
-    ap.add_argument("--logvar-lr", nargs="+", default=["none", "0.2", "0.5"])
+    ap.add_argument("--logvar-lr", nargs="+", default=None,
+                    help="values ('none' = lr); default: the entry's")
+    ap.add_argument("--steps", nargs="+", type=int, default=None, help="default: the entry's")
+    ap.add_argument("--lr", nargs="+", type=float, default=None, help="default: the entry's")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
@@ -55,14 +60,18 @@ def main() -> None:
     base = d.cfg
     d.build_cache()  # the one-off candidate decoding is not part of any row's cost
     print(f"{args.entry}: first {len(y)} validation images, steps {base.steps}, lr {base.lr}")
-    print("| logvar_lr | deployed accuracy [95% Wilson] | scored at the mean | σ of the true class: "
+    steps_list = args.steps or [base.steps]
+    lr_list = args.lr or [base.lr]
+    lv_list = args.logvar_lr or ["none" if base.logvar_lr is None else str(base.logvar_lr)]
+    print("| steps | lr | logvar_lr | deployed accuracy [95% Wilson] | scored at the mean | σ of the true class: "
           "median (10 %, 90 %) | |one-sample − mean score| / class spread | CPU s/sample |")
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     n = len(y)
     idx = torch.arange(n)
-    for value in args.logvar_lr:
+    grid = [(s, m, v) for s in steps_list for m in lr_list for v in lv_list]
+    for steps, mean_lr, value in grid:
         lr = None if value == "none" else float(value)
-        d.cfg = dataclasses.replace(base, logvar_lr=lr)
+        d.cfg = dataclasses.replace(base, steps=steps, lr=mean_lr, logvar_lr=lr)
         torch.manual_seed(args.seed)
         c0 = time.process_time()
         with torch.no_grad():
@@ -84,7 +93,7 @@ def main() -> None:
         spread = mean.std(1).clamp_min(1e-12)
         noise = ((sample - mean)[idx, y].abs() / spread).mean()
         shown = "none (= lr)" if lr is None else f"{lr:g}"
-        print(f"| {shown} | {100 * k / n:.1f} % [{100 * lo:.1f}, {100 * hi:.1f}] | {100 * k_mean / n:.1f} % "
+        print(f"| {steps} | {mean_lr:g} | {shown} | {100 * k / n:.1f} % [{100 * lo:.1f}, {100 * hi:.1f}] | {100 * k_mean / n:.1f} % "
               f"| {q[1]:.3f} ({q[0]:.3f}, {q[2]:.3f}) | {noise:.3f} | {cpu / n:.2f} |", flush=True)
     d.cfg = base
 
