@@ -210,8 +210,8 @@ def test_leaderboard_files_name_their_command(tmp_path: Path) -> None:
 
 
 def test_leaderboard_removes_files_of_its_earlier_shape(tmp_path: Path) -> None:
-    """A rewritten board deletes the plots (and their CSVs) its previous version linked and this
-    one no longer writes; files it never linked, and other boards' files, stay."""
+    """A rewritten board deletes its generated plots and CSVs (``<name>_`` + a generated pattern)
+    that this write did not produce again; other files, and other boards' files, stay."""
     from robustgen_bench.report.leaderboard import write_leaderboard
 
     run, lb = small_run(tmp_path), tmp_path / "lb"

@@ -10,7 +10,6 @@ that regenerates it. Only reads stored results (the runs themselves come from ``
 from __future__ import annotations
 
 import argparse
-import re
 import shlex
 import sys
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ from typing import Any
 import yaml
 
 from robustgen_bench.errors import UserInputError
-from robustgen_bench.report.outputs import _slug, curve_plots
+from robustgen_bench.report.outputs import _remove_stale, _slug, curve_plots
 from robustgen_bench.report.render import distance_display, distances_latex, distances_markdown
 from robustgen_bench.report.render import to_latex, to_markdown
 from robustgen_bench.report.runs import RunDirError, RunSet, incomplete_cells, load_runs
@@ -226,7 +225,6 @@ def write_leaderboard(run_dir: str | Path, out_dir: str | Path = "leaderboards",
         md += ["## Suite notes (from the suite file)", "", *notes, ""]
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    previous = _board_files(out_dir, name)
     if len(distances):
         md += ["## Closest adversarial distances (mean / median)", "",
                distances_markdown(distance_display(distances, clean)).rstrip(), ""]
@@ -259,25 +257,8 @@ def write_leaderboard(run_dir: str | Path, out_dir: str | Path = "leaderboards",
     paths[1].write_text("\n".join(tex) + "\n")
     # files of the board's earlier shape (a plot of an attack since removed) would otherwise
     # stay beside it, and the site would still find them
-    for stale in sorted(previous - {p.resolve() for p in written}):
-        stale.unlink()
+    _remove_stale(out_dir, written, prefix=f"{name}_")
     return paths
-
-
-def _board_files(out_dir: Path, name: str) -> set[Path]:
-    """Files the board ``<out_dir>/<name>.md`` now links (``](<name>_...)``), with the CSV
-    written beside each plot; only plain files in ``out_dir`` named ``<name>_...``."""
-    board = out_dir / f"{name}.md"
-    if not board.is_file():
-        return set()
-    found: set[Path] = set()
-    for link in re.findall(r"\]\(([^)/\\]+)\)", board.read_text()):
-        if not link.startswith(f"{name}_"):
-            continue
-        for candidate in (out_dir / link, (out_dir / link).with_suffix(".csv")):
-            if candidate.is_file():
-                found.add(candidate.resolve())
-    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:

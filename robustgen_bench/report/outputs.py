@@ -240,10 +240,11 @@ GENERATED_PATTERNS = ("checks.md", "checks.csv", "mcnemar_*.csv", "mcnemar_*.png
                       "robust_accuracy_*.png", "examples_*.png", "sweep_*.csv", "sweep_*.png")
 
 
-def _remove_stale(run_dir: Path, written: list[Path]) -> None:
-    """Delete report files of an earlier write that this write did not produce again."""
+def _remove_stale(run_dir: Path, written: list[Path], prefix: str = "") -> None:
+    """Delete report files (``prefix`` + a generated pattern) of an earlier write that this
+    write did not produce again."""
     keep = {p.resolve() for p in written}
     for pattern in GENERATED_PATTERNS:
-        for p in run_dir.glob(pattern):
+        for p in run_dir.glob(prefix + pattern):
             if p.resolve() not in keep:
                 p.unlink()
