@@ -188,6 +188,37 @@ def export(
         err_console.print(f"wrote {out}")
 
 
+@app.command()
+def compare(
+    a: Annotated[Path, typer.Argument(help="A run directory or a rows CSV (`rgbench export`, a board's <name>_rows.csv).")],
+    b: Annotated[Path, typer.Argument(help="The other run directory or rows CSV.")],
+    format: Annotated[str, typer.Option("--format", help="table | json | csv (for scripts).")] = "table",  # noqa: A002
+) -> None:
+    """Pair the per-sample rows of A and B; exit 0 when every paired row agrees, 1 when some differ."""
+    from robustgen_bench.compare import COMPARISON_COLUMNS, compare_rows, load_rows, rows_agree
+    from robustgen_bench.records import check_list_format, records_csv, records_json
+    from robustgen_bench.report.compare_view import comparison_lines, comparison_table
+
+    fmt = check_list_format(format)
+    cmp = compare_rows(load_rows(a), load_rows(b), names=(str(a), str(b)))
+    if cmp.paired.sum() == 0:
+        raise UserInputError(f"{a} and {b} hold no row of the same (model, attack, ε, sample); "
+                             "expected two runs of the same suite (or a prefix of it)")
+    records = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
+               for r in cmp.to_dict(orient="records")]
+    if fmt == "json":
+        sys.stdout.write(records_json({"a": str(a), "b": str(b), "agree": rows_agree(cmp),
+                                       "cells": records}))
+    elif fmt == "csv":
+        sys.stdout.write(records_csv(records, COMPARISON_COLUMNS))
+    else:
+        console.print(comparison_table(cmp, str(a), str(b)))
+        for line in comparison_lines(cmp, str(a), str(b)):
+            console.print(line, highlight=False, markup=False)
+    if not rows_agree(cmp):
+        raise typer.Exit(1)
+
+
 def _register_optional() -> None:
     """Sub-commands whose modules belong to other areas (zoo, training, tables)."""
     try:
