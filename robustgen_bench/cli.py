@@ -52,6 +52,14 @@ def run(
     out = run_dir or Path("runs") / s.name
     console.print(f"[bold]{s.name}[/]: {len(s.models)} models × {len(s.attacks)} attack budgets "
                   f"on {s.dataset.n} {s.dataset.name.value} {s.dataset.split} samples → {out}")
+    bs = s.run.batch_size
+    if s.limit is not None and s.dataset.n == s.limit and s.limit % bs:
+        # a batch's randomness comes from its seed and its samples: a shorter last batch draws
+        # other random starts than the full run's batch at the same position
+        console.print(f"note: --limit {s.limit} ends inside a batch of {bs}; that batch draws other "
+                      "randomness than the full run's, so a few of its rows may differ from it "
+                      f"(--limit {bs * (s.limit // bs + 1)} reproduces them exactly; `rgbench compare`)",
+                      highlight=False, markup=False)
     ex = make_executor(executor, address=ray_address, num_cpus=workers)
     if dev.type != "cpu":
         console.print(f"device: {dev}")

@@ -288,3 +288,25 @@ def test_a_bad_sweep_exits_2_naming_the_list_item_and_a_good_one_names_its_cells
     assert r.returncode == 0, r.stderr
     cells = {c["attack"] for c in json.loads((tmp_path / "ok" / "manifest.json").read_text())["cells"]}
     assert {"pgd@steps=1", "pgd@steps=2"} <= cells, cells
+
+
+def test_a_limit_of_whole_batches_reproduces_the_full_runs_rows(tmp_zoo: Path, tmp_path: Path) -> None:
+    # the reproduction check: a fresh `--limit` run against the committed run's rows
+    text = suite(tmp_path).read_text().replace("n: 4", "n: 8")
+    (tmp_path / "s.yaml").write_text(text)
+    full = run_cli("run", tmp_path / "s.yaml", "--run-dir", tmp_path / "full", "--set", "checks=false")
+    assert full.returncode == 0, full.stderr
+    whole = run_cli("run", tmp_path / "s.yaml", "--run-dir", tmp_path / "l4", "--limit", "4",
+                    "--set", "checks=false")
+    assert whole.returncode == 0, whole.stderr
+    assert "note: --limit" not in whole.stdout
+    same = run_cli("compare", tmp_path / "full", tmp_path / "l4")
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert "identical: all 8 paired rows agree" in same.stdout
+    assert "not compared: 8 rows only in" in same.stdout
+    part = run_cli("run", tmp_path / "s.yaml", "--run-dir", tmp_path / "l3", "--limit", "3",
+                   "--set", "checks=false")
+    assert part.returncode == 0, part.stderr
+    assert ("note: --limit 3 ends inside a batch of 4; that batch draws other randomness than the "
+            "full run's") in part.stdout
+    assert "(--limit 4 reproduces them exactly; `rgbench compare`)" in part.stdout
