@@ -75,6 +75,10 @@ def test_site_from_committed_boards_matches_the_board(tmp_path: Path) -> None:
     out = tmp_path / "site"
     write_site([lb], out)  # a folder of boards
     assert (out / "boards" / "small.html").is_file() and (out / "models" / "m_adv.html").is_file()
+    # the board's per-sample rows travel with the page, and its link finds them
+    assert b.files == ["small_rows.csv"]
+    assert 'href="files/small_rows.csv"' in (out / "boards" / "small.html").read_text()
+    assert (out / "boards" / "files" / "small_rows.csv").read_text() == (lb / "small_rows.csv").read_text()
 
 
 def test_site_refuses_what_is_not_a_source(tmp_path: Path) -> None:

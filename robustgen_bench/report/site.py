@@ -55,6 +55,7 @@ class Board:
     plots: list[tuple[str, str]] = field(default_factory=list)  # (file in the board's folder, alt)
     examples: list[tuple[str, str]] = field(default_factory=list)
     provenance_html: str = ""
+    files: list[str] = field(default_factory=list)  # other local files the board links (rows CSV)
     model_ids: dict[str, str | None] = field(default_factory=dict)  # display name -> zoo id
     dataset: str = ""
     n: str = ""
@@ -280,6 +281,10 @@ def parse_board(md_file: Path) -> Board:
         elif name != "Provenance":
             plots += images
     prov = sec.get("Provenance", "")
+    # local links of the provenance (the per-sample rows) point into the page's files/ folder
+    files = [f for f in re.findall(r"\]\(([^)\s:/]+)\)", prov) if not f.endswith(".png")]
+    for f in files:
+        prov = prov.replace(f"]({f})", f"](files/{f})")
     suite: dict[str, Any] = {}
     m = re.search(r"```yaml\n(.*?)\n```", prov, flags=re.S)
     if m:
@@ -292,7 +297,7 @@ def parse_board(md_file: Path) -> Board:
     return Board(slug=md_file.stem, title=title, columns=columns, models=models, cells=cells,
                  caption=caption, notes_html=notes_html, distances=distances, plots=plots,
                  examples=examples,
-                 provenance_html=markdown_html(prov),
+                 provenance_html=markdown_html(prov), files=files,
                  model_ids=_model_ids(models, list(suite.get("models") or [])),
                  dataset=str(ds.get("name", "")), n=n_m.group(1) if n_m else str(ds.get("n", "")),
                  source=md_file.as_posix())
@@ -418,7 +423,7 @@ def write_site(sources: list[str | Path], out_dir: str | Path, *,
             board = board_from_run(s, boards_dir / "files", allow_incomplete=allow_incomplete)
         else:
             board = parse_board(s)
-            for src, _ in board.plots + board.examples:
+            for src in [f for f, _ in board.plots + board.examples] + board.files:
                 (boards_dir / "files").mkdir(exist_ok=True)
                 if (s.parent / src).is_file():
                     shutil.copy2(s.parent / src, boards_dir / "files" / src)
