@@ -16,8 +16,9 @@ from pathlib import Path
 import pandas as pd
 
 from robustgen_bench.errors import UserInputError
+from robustgen_bench.export import SIGNIFICANT_DIGITS, export_rows
 from robustgen_bench.stats import mcnemar_pvalue
-from robustgen_bench.store import DB_NAME, EXPORT_COLUMNS, read_results
+from robustgen_bench.store import EXPORT_COLUMNS
 
 KEY = ["model", "attack", "threat", "epsilon", "sample_index"]
 CELL = KEY[:-1]
@@ -33,10 +34,7 @@ def load_rows(source: str | Path) -> pd.DataFrame:
     """
     source = Path(source)
     if source.is_dir():
-        if not (source / DB_NAME).is_file():
-            raise UserInputError(f"no results store ({DB_NAME}) in this directory; expected a run "
-                                 "directory or a rows CSV from `rgbench export`", file=source)
-        df = read_results(source)[EXPORT_COLUMNS].copy()
+        df = export_rows(source)
     elif source.is_file():
         try:
             df = pd.read_csv(source)
@@ -51,7 +49,8 @@ def load_rows(source: str | Path) -> pd.DataFrame:
     else:
         raise UserInputError("no such run directory or rows CSV", file=source)
     df["adv_correct"] = df["adv_correct"].astype(bool)
-    df["epsilon"] = df["epsilon"].astype(float).round(9)  # CSV and SQLite floats pair exactly
+    # ε as the export writes it, so that a run directory pairs with a CSV (8/255 included)
+    df["epsilon"] = [float(f"{e:.{SIGNIFICANT_DIGITS}g}") for e in df["epsilon"].astype(float)]
     df["distance"] = df["distance"].astype(float)
     return df
 

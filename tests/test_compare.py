@@ -59,6 +59,17 @@ def test_flipped_verdicts_are_counted_by_direction_with_mcnemar_p(tmp_path: Path
     assert not rows_agree(cmp)
 
 
+def test_a_run_pairs_with_its_exported_csv_at_an_epsilon_of_many_digits(tmp_path: Path) -> None:
+    # the CSV keeps 6 significant digits of 8/255; the store keeps all of them
+    run = write_run(tmp_path / "a", Run(models={"m/a": "A"}, clean={"m/a": CLEAN},
+                                        cells=[Cell("m/a", "pgd", "linf", 8 / 255, PGD)]))
+    csv = tmp_path / "a.csv"
+    csv.write_text(export_csv(run))
+    cmp = compare_rows(load_rows(run), load_rows(csv))
+    assert list(cmp.paired) == [N, N] and list(cmp.only_a) == [0, 0] and list(cmp.only_b) == [0, 0]
+    assert rows_agree(cmp)
+
+
 def test_a_prefix_run_pairs_its_samples_and_counts_the_rest(tmp_path: Path) -> None:
     prefix = list(range(100, 105))
     full, part = _run(tmp_path, "full", PGD), _run(tmp_path, "part", PGD[:5], samples=prefix)
