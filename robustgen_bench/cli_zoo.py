@@ -138,13 +138,16 @@ def train_command(
     no_resume: Annotated[bool, typer.Option("--no-resume", help="Ignore existing checkpoints.")] = False,
     data_dir: Annotated[Optional[Path], typer.Option(help="Dataset root (else $RGBENCH_DATA).")] = None,
     device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu, cuda or cuda:N.")] = "auto",
+    warm_start: Annotated[Optional[Path], typer.Option(
+        "--warm-start", help="Weights after epoch train.warm_start.epoch (its sha256 is checked): "
+                             "continue from them with fresh optimizer state instead of from scratch.")] = None,
 ) -> None:
     """Train ENTRY_ID with its recipe; writes weights.safetensors and updates its sha256."""
     from robustgen_bench.train import train_entry
 
     try:
         path = train_entry(entry_id, resume=not no_resume, epochs=epochs, data_dir=data_dir,
-                           console=console, device=device)
+                           console=console, device=device, warm_start=warm_start)
     except UserInputError as e:
         raise _user_error(e) from None
     console.print(f"wrote {path}; re-measure with `rgbench zoo check {entry_id} --n 10000`")

@@ -106,6 +106,43 @@ def test_resume_equals_uninterrupted(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
 
 
+def test_warm_start_from_weights_equals_training_through_the_restart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mnist_train_small) -> None:
+    """A run from scratch with ``train.warm_start`` and one that loads the weights after the
+    restart epoch (``--warm-start``) end bitwise equal; a file with another sha256 is refused."""
+    from robustgen_bench.errors import ZooError
+    from robustgen_bench.zoo import sha256_file
+
+    x, y = mnist_train_small
+    small = (x[:40], y[:40])
+    monkeypatch.setattr(TrainContext, "load_data", lambda self, split: small)
+    train = {"recipe": "eabs", "epochs": 1, "seed": 3, "batch_size": 18, "lr": 1e-3,
+             "beta": 1.0, "gamma": 10.0, "noise_sigma": 0.2}
+    first = _write_entry(tmp_path / "w1", "eabs", EABS_CONFIG, train)
+    w1 = train_entry(first, root=tmp_path / "w1", checkpoint_root=tmp_path / "c1")
+    ws = {"epoch": 1, "sha256": sha256_file(w1)}
+    full = _write_entry(tmp_path / "full", "eabs", EABS_CONFIG, {**train, "epochs": 3, "warm_start": ws})
+    warm = _write_entry(tmp_path / "warm", "eabs", EABS_CONFIG, {**train, "epochs": 3, "warm_start": ws})
+    s_full = load_file(str(train_entry(full, root=tmp_path / "full", checkpoint_root=tmp_path / "cf")))
+    s_warm = load_file(str(train_entry(warm, root=tmp_path / "warm", checkpoint_root=tmp_path / "cw",
+                                       warm_start=w1)))
+    assert s_full.keys() == s_warm.keys()
+    for k in s_full:
+        assert torch.equal(s_full[k], s_warm[k]), k
+    # the restart really happens: without it (same epochs, Adam state kept) the weights differ
+    plain = _write_entry(tmp_path / "plain", "eabs", EABS_CONFIG, {**train, "epochs": 3})
+    s_plain = load_file(str(train_entry(plain, root=tmp_path / "plain", checkpoint_root=tmp_path / "cp")))
+    assert not all(torch.equal(s_full[k], s_plain[k]) for k in s_full)
+    # a file that is not the recorded one is refused, naming the key
+    bad = _write_entry(tmp_path / "bad", "eabs", EABS_CONFIG,
+                       {**train, "epochs": 3, "warm_start": {"epoch": 1, "sha256": "a" * 64}})
+    with pytest.raises(ZooError, match="sha256") as e:
+        train_entry(bad, root=tmp_path / "bad", checkpoint_root=tmp_path / "cb", warm_start=w1)
+    assert e.value.key == "train.warm_start.sha256"
+    with pytest.raises(ZooError, match="needs train.warm_start"):
+        train_entry(plain, root=tmp_path / "plain", checkpoint_root=tmp_path / "cp2", warm_start=w1)
+
+
 @pytest.mark.parametrize(("a", "d", "v"), list(itertools.product([False, True], repeat=3)))
 def test_every_ablation_builds_and_trains_one_step(mnist_train_small, a: bool, d: bool, v: bool) -> None:
     x, y = mnist_train_small

@@ -80,6 +80,8 @@ def test_bad_input_exits_2_for_every_command_and_errors_are_one_line(tmp_path: P
         (["zoo", "list", "--format", "xml"], "unknown format 'xml'; expected one of table, json, csv"),
         (["zoo", "check", "--n", "0"], "error: key '--n': expected a positive number, got 0"),
         (["train", "mnist/no-such-entry"], "error: unknown zoo entry 'mnist/no-such-entry'."),
+        (["train", "mnist/cnn", "--warm-start", missing], "key 'train.warm_start': --warm-start needs"),
+        (["train", "mnist/eabs", "--warm-start", missing], f"--warm-start file {missing} does not exist"),
     ]
     # every command with COLUMNS unset; the long-path message also at 40 columns
     for (args, expected), columns in [(c, None) for c in cases] + [(cases[0], "40")]:

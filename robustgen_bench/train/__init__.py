@@ -100,6 +100,8 @@ class TrainContext:
     console: Console = field(default_factory=Console)
     weights_written: list[Path] = field(default_factory=list)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # weights after epoch train.warm_start.epoch (sha256 checked): start there, not from scratch
+    warm_start_file: Path | None = None
 
     def hparam(self, key: str, default: Any = None, kind: type | tuple[type, ...] | None = None) -> Any:
         """``entry.train[key]`` (or ``default``); ZooError naming ``train.<key>`` on a wrong type."""
@@ -181,11 +183,12 @@ def update_sha256(entry_file: Path, file: str, digest: str) -> None:
 def train_entry(entry_id: str, *, resume: bool = True, epochs: int | None = None,
                 data_dir: str | Path | None = None, root: Path | None = None,
                 checkpoint_root: Path | None = None, console: Console | None = None,
-                device: str | torch.device = "cpu") -> Path:
+                device: str | torch.device = "cpu", warm_start: Path | None = None) -> Path:
     """Train entry ``entry_id`` with its recipe; returns the written weights path.
 
     ``root`` is the zoo root (default ``RGBENCH_ZOO`` / ``model_zoo``); ``checkpoint_root``
-    defaults to :func:`checkpoints_root`; ``device`` as for ``rgbench run --device``.
+    defaults to :func:`checkpoints_root`; ``device`` as for ``rgbench run --device``;
+    ``warm_start``: a weights file matching ``train.warm_start`` (see ``loop.WarmStart``).
     """
     from robustgen_bench.device import resolve_device
 
@@ -210,7 +213,11 @@ def train_entry(entry_id: str, *, resume: bool = True, epochs: int | None = None
         entry=entry, data_dir=Path(data_dir) if data_dir else None,
         checkpoint_dir=(checkpoint_root or checkpoints_root()) / entry.id, seed=seed,
         epochs=n_epochs, resume=resume, console=console or Console(), device=dev,
+        warm_start_file=Path(warm_start) if warm_start is not None else None,
     )
+    from robustgen_bench.train.loop import check_warm_start
+
+    check_warm_start(ctx)  # a wrong --warm-start file fails before any data is loaded
     ctx.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     recipe(ctx)
     if not ctx.weights_written:

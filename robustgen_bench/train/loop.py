@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,74 @@ def keep_metric(ctx: Any) -> str | None:
                    file=ctx.entry.entry_file, key="train.keep")
 
 
+@dataclass(frozen=True)
+class WarmStart:
+    """``train.warm_start``: at the start of (0-based) ``epoch`` every optimizer forgets its state
+    (a fresh Adam) and the global RNG is reseeded from (seed, epoch); ``sha256`` is that of the
+    module weights at this point. A run from scratch passes through the restart, so it reproduces
+    a run that skipped the first ``epoch`` epochs by loading those weights (``--warm-start FILE``):
+    that is how training continues when a session's checkpoint (with its Adam state) is lost."""
+
+    epoch: int
+    sha256: str
+
+
+def warm_start_of(ctx: Any) -> WarmStart | None:
+    """Parse ``train.warm_start: {epoch: int >= 1, sha256: 64 hex}``; None when absent."""
+    raw = ctx.entry.train.get("warm_start")
+    if raw is None:
+        return None
+    where = {"file": ctx.entry.entry_file, "key": "train.warm_start"}
+    if not isinstance(raw, Mapping) or set(raw) != {"epoch", "sha256"}:
+        raise ZooError(f"expected {{epoch: <int>, sha256: <64 hex digits>}}, got {raw!r}", **where)
+    epoch, sha = raw["epoch"], raw["sha256"]
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
+        raise ZooError(f"expected a positive epoch, got {epoch!r}", file=ctx.entry.entry_file,
+                       key="train.warm_start.epoch")
+    if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha.lower())):
+        raise ZooError(f"expected 64 hex digits, got {sha!r}", file=ctx.entry.entry_file,
+                       key="train.warm_start.sha256")
+    return WarmStart(epoch, sha.lower())
+
+
+def check_warm_start(ctx: Any) -> WarmStart | None:
+    """Validate ``train.warm_start`` and, when ``ctx.warm_start_file`` is set, that the entry
+    records one and the file exists with its sha256; called before any data is loaded."""
+    ws = warm_start_of(ctx)
+    path = getattr(ctx, "warm_start_file", None)
+    if path is None:
+        return ws
+    if ws is None:
+        raise ZooError("--warm-start needs train.warm_start: {epoch, sha256} in the entry "
+                       "(which epoch the file's weights end, and their sha256)",
+                       file=ctx.entry.entry_file, key="train.warm_start")
+    from robustgen_bench.zoo import sha256_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise ZooError(f"--warm-start file {path} does not exist", file=ctx.entry.entry_file,
+                       key="train.warm_start")
+    digest = sha256_file(path)
+    if digest != ws.sha256:
+        raise ZooError(f"--warm-start file {path} has sha256 {digest}, not the {ws.sha256} "
+                       f"recorded for the weights after epoch {ws.epoch}",
+                       file=ctx.entry.entry_file, key="train.warm_start.sha256")
+    return ws
+
+
+def _load_warm_start(ctx: Any, modules: Mapping[str, nn.Module]) -> None:
+    """Load ``ctx.warm_start_file`` (safetensors: the single module's state dict, or
+    ``<module>.<key>`` for several), checked by :func:`check_warm_start`."""
+    from safetensors.torch import load_file
+
+    check_warm_start(ctx)
+    state = load_file(str(ctx.warm_start_file))
+    for name, m in modules.items():
+        part = state if len(modules) == 1 else {k[len(name) + 1:]: v for k, v in state.items()
+                                                 if k.startswith(name + ".")}
+        m.load_state_dict(part, strict=True)
+
+
 def run_epochs(ctx: Any, modules: Mapping[str, nn.Module],
                optimizers: Mapping[str, torch.optim.Optimizer],
                epoch_fn: Callable[[int], Mapping[str, float]]) -> None:
@@ -154,19 +223,36 @@ def run_epochs(ctx: Any, modules: Mapping[str, nn.Module],
     ``ctx.seed`` before the first epoch (a resumed run restores it from the checkpoint instead).
     With ``keep: best:<metric>`` the weights of the best epoch so far are checkpointed too
     (``best.pt``) and loaded into ``modules`` at the end (early stopping on validation data).
+    With ``train.warm_start`` (:class:`WarmStart`) the optimizers restart at its epoch, and
+    ``ctx.warm_start_file`` (if set and no checkpoint is further along) skips the epochs before it.
     """
     metric = keep_metric(ctx)
+    ws = warm_start_of(ctx)
     ckpt = EpochCheckpointer(ctx.checkpoint_dir, config_fingerprint(ctx.entry.train, ctx.entry.config))
     torch.manual_seed(ctx.seed)
     start = ckpt.load(modules, optimizers) if ctx.resume else 0
     if start:
         ctx.console.print(f"[cyan]{ctx.entry.id}: resuming after epoch {start} from {ckpt.path}")
-    best = ckpt.load_best(metric) if (metric and start) else None
-    if metric is not None and start and best is None:
+    warm = False
+    if ws is not None and getattr(ctx, "warm_start_file", None) is not None:
+        if start > ws.epoch:
+            ctx.console.print(f"[yellow]{ctx.entry.id}: the checkpoint is past epoch {ws.epoch}; "
+                              "--warm-start ignored")
+        else:
+            _load_warm_start(ctx, modules)
+            start, warm = ws.epoch, True
+            ctx.console.print(f"[cyan]{ctx.entry.id}: warm start after epoch {ws.epoch} from "
+                              f"{ctx.warm_start_file} (fresh optimizer state)")
+    best = ckpt.load_best(metric) if (metric and start and not warm) else None
+    if metric is not None and start and best is None and not warm:
         raise ZooError(f"the checkpoint in {ckpt.directory} was written without keep: best:{metric}, "
                        "so its earlier epochs cannot be compared; train with --no-resume",
                        file=ctx.entry.entry_file, key="train.keep")
     for epoch in range(start, ctx.epochs):
+        if ws is not None and epoch == ws.epoch:
+            for opt in optimizers.values():
+                opt.state.clear()  # a fresh Adam: its moments restart (bias correction included)
+            torch.manual_seed(ctx.seed * 1_000_003 + epoch)
         metrics = dict(epoch_fn(epoch))
         if metric is not None:
             if metric not in metrics:
