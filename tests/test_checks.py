@@ -286,6 +286,25 @@ def test_far_too_few_steps_fire_convergence(tmp_path) -> None:
     assert v["significant"]
 
 
+def test_a_budget_search_alone_still_gets_the_convergence_probe(tmp_path) -> None:
+    """A suite whose only white-box attack is a minimal-norm PGD search is probed at the cell's
+    budget by its bounded form (one PGD at epsilon); far too few steps fire the check."""
+    weak = ("{id: pgd, library: foolbox, attack: LinfPGDSearch, threat: linf, epsilon: 0.3, "
+            "max_epsilon: 0.3, grid: 3, steps: 2, rel_stepsize: 0.2, random_start: false}")
+    suite = load_suite(write_suite(tmp_path / "s.yaml", ["mnist/honest"], [weak],
+                                   "checks: {subsample: 40}\n", n=40))
+    run_suite(suite, tmp_path / "run")
+    [conv] = run_checks(tmp_path / "run", names=["convergence"])
+    assert conv.status == "warn", conv.figure
+    assert conv.detail["bounded_form"] == {"max_epsilon": 0.3, "grid": 1}
+    assert "as max_epsilon=0.3, grid=1" in conv.figure
+    v = conv.detail["variants"][0]
+    assert v["variant"] == "2x steps (4)" and v["accuracy"] < conv.detail["accuracy"]
+    # the unbounded check still reads the search's rows instead of probing
+    [unb] = run_checks(tmp_path / "run", names=["unbounded"])
+    assert "minimal-norm attacks pgd" in unb.figure
+
+
 def test_library_success_without_adversarial_fires_silent(tmp_path, liar) -> None:
     from robustgen_bench.cli import main
 

@@ -126,6 +126,13 @@ class Attack(ABC):
         """Raise :class:`ConfigError` (``key`` = the parameter) for unknown or ill-typed params."""
         resolve_params(cls.PARAMS, params, cls._owner())
 
+    @classmethod
+    def bounded_params(cls, epsilon: float) -> dict[str, Any] | None:
+        """Parameter changes that turn this minimal-norm attack into one bounded attack at
+        ``epsilon`` (for probes that re-run an attack at a cell's budget, e.g. the convergence
+        check); None where there is no such form (the default)."""
+        return None
+
     def _check_params(self) -> None:
         """Cross-parameter checks of a subclass (raise ConfigError); none by default."""
 

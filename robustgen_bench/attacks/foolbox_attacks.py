@@ -210,6 +210,11 @@ class _PGDSearch(_PGD):
     def rounds(self) -> int:
         return int(self.params["grid"])
 
+    @classmethod
+    def bounded_params(cls, epsilon: float) -> dict[str, Any] | None:
+        # a grid of one budget at epsilon: the plain PGD of one grid round
+        return {"max_epsilon": float(epsilon), "grid": 1}
+
     def _budget(self) -> float:
         p = self.params
         top = p["max_epsilon"] if p["max_epsilon"] is not None else 2.0 * self.epsilon

@@ -144,6 +144,18 @@ def _with_params(spec: AttackSpec, **changes: Any) -> AttackSpec:
     return replace(spec, params=MappingProxyType(params))
 
 
+def bounded_form(spec: AttackSpec) -> AttackSpec | None:
+    """``spec`` itself if it is a bounded attack; a minimal-norm attack as one bounded attack at
+    ``spec.epsilon`` (``Attack.bounded_params``), or None where it has no such form."""
+    from robustgen_bench.attacks import get_attack_class
+
+    cls = get_attack_class(spec.library, spec.attack)
+    if not getattr(cls, "MINIMAL_NORM", False):
+        return spec
+    changes = cls.bounded_params(spec.epsilon)
+    return None if changes is None else _with_params(spec, **changes)
+
+
 def _param_defaults(spec: AttackSpec) -> dict[str, Any]:
     from robustgen_bench.attacks import get_attack_class
 

@@ -165,13 +165,25 @@ class _Context:
         x, y = self._data
         return x[t], y[t], chosen
 
-    def strongest(self, model: str, threat: str) -> AttackSpec | None:
+    def strongest(self, model: str, threat: str, bounded_form: bool = False) -> AttackSpec | None:
         """The bounded white-box attack of the threat with the lowest robust accuracy at its
-        largest budget (suite order breaks ties)."""
+        largest budget (suite order breaks ties). With ``bounded_form``, a suite without one
+        falls back to its minimal-norm white-box attacks that have a bounded form at a cell's
+        budget (``Attack.bounded_params``; e.g. a PGD budget search as one PGD at epsilon), so
+        that probes which re-run an attack at the cell's budget apply to them too."""
+        found = self._strongest(model, threat, minimal=False)
+        if found is None and bounded_form:
+            found = self._strongest(model, threat, minimal=True)
+            if found is not None:
+                found = probes.bounded_form(found)
+        return found
+
+    def _strongest(self, model: str, threat: str, minimal: bool) -> AttackSpec | None:
         best: tuple[float, int, AttackSpec] | None = None
         for order, (aid, spec) in enumerate(self.first_spec.items()):
             if (spec.threat.value != threat or from_rows.is_black_box(spec)
-                    or from_rows.is_minimal_norm(spec)):
+                    or from_rows.is_minimal_norm(spec) != minimal
+                    or minimal and probes.bounded_form(spec) is None):
                 continue
             rows = self.df[(self.df.model == model) & (self.df.attack == aid)]
             if not len(rows):
@@ -219,11 +231,12 @@ def compute(p: Planned, ctx: _Context) -> CheckResult:
             return result("skip", "no transfer source (checks.transfer_from) in the zoo")
         if src == m:
             return result("skip", f"{m} is the transfer source itself")
-        spec = ctx.strongest(m, t)
+        spec = ctx.strongest(m, t, bounded_form=True)
         if spec is None:
             return result("skip", "no bounded white-box attack to transfer with")
     elif p.name in ("unbounded", "convergence"):
-        spec = ctx.strongest(m, t)
+        # the unbounded check reads minimal-norm attacks from their rows (no probe needed)
+        spec = ctx.strongest(m, t, bounded_form=p.name == "convergence")
         if spec is None and p.name == "unbounded":
             return _unbounded_from_rows(p, ctx)
         if spec is None:
@@ -287,6 +300,12 @@ def compute(p: Planned, ctx: _Context) -> CheckResult:
             return result("skip", f"{spec.id} has no steps, restarts or EOT to double", r)
         parts = [f"{v['variant']}: {100 * v['accuracy']:.0f}% (p={v['p']:.2g})" for v in r["variants"]]
         status = "warn" if any(v["significant"] for v in r["variants"]) else "pass"
+        if from_rows.is_minimal_norm(spec):  # re-run as one bounded attack at the cell's budget
+            from robustgen_bench.attacks import get_attack_class
+
+            form = get_attack_class(spec.library, spec.attack).bounded_params(spec.epsilon) or {}
+            r["bounded_form"] = form
+            parts = [f"as {', '.join(f'{k}={v:g}' for k, v in form.items())}"] + parts
         return result(status, f"{spec.id} ε={format_epsilon(spec.epsilon)} on {r['samples']} "
                       f"samples: stored {100 * r['accuracy']:.0f}%; " + "; ".join(parts), r)
     if p.name == "transfer":
@@ -294,6 +313,9 @@ def compute(p: Planned, ctx: _Context) -> CheckResult:
         sdef, sad = ctx.source(src)
         per_eps = []
         for s in [s for s in ctx.specs if s.id == spec.id]:
+            if from_rows.is_minimal_norm(s):
+                s = probes.bounded_form(s)  # adversarials within this budget
+                assert s is not None  # strongest() only picks attacks that have one
             other = probes.transfer(s, sdef, sad, defense, randomized, x, y, idx)
             white = _white_broken(ctx, m, t, s.epsilon, idx)
             if white is None:
