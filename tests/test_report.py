@@ -289,6 +289,20 @@ def test_leaderboard_of_a_limited_run_says_so(tmp_path: Path) -> None:
     assert "**Prefix run:** `--limit 4`" in write_leaderboard(run, tmp_path / "lb")[0].read_text()
 
 
+def test_leaderboard_provenance_names_the_measured_weights(tmp_path: Path) -> None:
+    """The board says which weights were attacked (an entry may be retrained after the run)."""
+    from robustgen_bench.report.leaderboard import write_leaderboard
+
+    run = small_run(tmp_path)
+    man = json.loads((run / "manifest.json").read_text())
+    man["models"] = [{"id": "mnist/a", "weights_sha256": ["ab" * 32]},
+                     {"id": "mnist/b", "weights_sha256": []}]
+    (run / "manifest.json").write_text(json.dumps(man))
+    md = write_leaderboard(run, tmp_path / "lb")[0].read_text()
+    [line] = [ln for ln in md.splitlines() if ln.startswith("- weights (sha256):")]
+    assert line == "- weights (sha256): `mnist/a` `abababababab`"
+
+
 ORDER = [105, 101, 103, 100, 104, 102]  # a seeded subset's order, not sorted
 
 

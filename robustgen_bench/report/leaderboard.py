@@ -117,6 +117,11 @@ def _provenance(runs: RunSet) -> list[str]:
              f"seed {ds.get('seed', '?')}, indices hash `{str(ds.get('indices_hash', '?'))[:12]}`",
              f"- code: git commit `{str(man.get('git_commit', '?'))[:12]}`",
              _reproduce(suite_file, str(man.get("suite_hash", "")), man.get("command_line"))]
+    models = [m for m in man.get("models") or [] if m.get("weights_sha256")]
+    if models:  # which weights were measured: an entry may be retrained after the run
+        lines.append("- weights (sha256): " + "; ".join(
+            f"`{m['id']}` " + ", ".join(f"`{str(h)[:12]}`" for h in m["weights_sha256"])
+            for m in models))
     attacks = suite.get("attacks") or []
     if attacks:
         lines.append("- attacks: " + "; ".join(_attack_text(a) for a in attacks))
