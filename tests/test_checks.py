@@ -305,6 +305,28 @@ def test_a_budget_search_alone_still_gets_the_convergence_probe(tmp_path) -> Non
     assert "minimal-norm attacks pgd" in unb.figure
 
 
+@pytest.mark.parametrize("alpha", [0.01, 0.05, 0.001])
+def test_min_probe_samples_is_where_mcnemar_can_first_reach_alpha(alpha: float) -> None:
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    from robustgen_bench.checks.run import min_probe_samples
+
+    n = min_probe_samples(alpha)
+    def best_p(k: int) -> float:  # all k samples discordant one way: the smallest p possible
+        return mcnemar([[0, k], [0, 0]], exact=True).pvalue
+    assert best_p(n) < alpha <= best_p(n - 1)
+
+
+def test_probes_on_too_few_samples_skip_instead_of_passing(tmp_path) -> None:
+    suite = load_suite(write_suite(tmp_path / "s.yaml", ["mnist/honest", "mnist/quantized"], [PGD],
+                                   "checks: {subsample: 4, transfer_from: mnist/honest}\n", n=8))
+    run_suite(suite, tmp_path / "run")
+    res = by(run_checks(tmp_path / "run", names=["convergence", "transfer"]))
+    for name in ("convergence", "transfer"):
+        r = res[("quantized", name)]
+        assert r.status == "skip" and r.figure.startswith("underpowered: on 4 samples"), r.figure
+
+
 def test_library_success_without_adversarial_fires_silent(tmp_path, liar) -> None:
     from robustgen_bench.cli import main
 
@@ -343,7 +365,13 @@ def test_honest_run_exits_zero_and_checks_can_be_turned_off(tmp_path, capsys) ->
     assert main(["run", str(suite), "--run-dir", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
     assert "attack-failure checks" in out.lower() and "wrote" in out
-    assert "Every attack-failure check passed." in (tmp_path / "run" / "caption.txt").read_text()
+    # monotone, blackbox and transfer (no source) do not apply here, and the caption says so
+    results = run_checks(tmp_path / "run")
+    skipped = {r.name for r in results if r.status == "skip"}
+    assert {"monotone", "blackbox", "transfer"} <= skipped
+    assert (f"No attack-failure check warned; {sum(r.status == 'skip' for r in results)} of "
+            f"{len(results)} did not apply or had too few samples"
+            in (tmp_path / "run" / "caption.txt").read_text())
     assert main(["checks", str(tmp_path / "run")]) == 0
     off = load_suite(write_suite(tmp_path / "off.yaml", ["mnist/honest"], [PGD],
                                  "checks: false\n", n=8))
@@ -446,6 +474,10 @@ def test_caption_sentence() -> None:
     bad = CheckResult("unbounded", "b", "linf", "fail", "")
     assert caption_sentence([]) == ""
     assert caption_sentence([ok]) == "Every attack-failure check passed."
+    skip = CheckResult("monotone", "a", "linf", "skip", "one budget only")
+    assert caption_sentence([ok, skip]) == (
+        "No attack-failure check warned; 1 of 2 did not apply or had too few samples (see the "
+        "checks table).")
     assert caption_sentence([ok, bad], display=str.upper) == (
         "Attack-failure checks raised a warning for the evaluation of B (unbounded); their "
         "robust accuracy may be overestimated.")

@@ -91,7 +91,13 @@ def caption_sentence(results: Sequence[CheckResult], display: Display = str,
         return ""
     flagged = flagged_models(results, models)
     if not flagged:
-        return "Every attack-failure check passed."
+        skipped = sum(r.status == "skip" for r in results)
+        if not skipped:
+            return "Every attack-failure check passed."
+        # a skipped check (no attack to compare with, or too few probe samples) found nothing
+        # because it did not look: say so instead of calling it passed
+        return (f"No attack-failure check warned; {skipped} of {len(results)} did not apply or "
+                "had too few samples (see the checks table).")
     parts = []
     for m in flagged:
         names = sorted({r.name for r in results if r.model == m and r.status in BAD},
