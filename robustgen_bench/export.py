@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from robustgen_bench.errors import UserInputError
-from robustgen_bench.store import DB_NAME, EXPORT_COLUMNS, read_results
+from robustgen_bench.store import DB_NAME, EXPORT_COLUMNS, read_run_results
 
 
 #: Floats (ε, distances) are written with this many significant digits.
@@ -16,12 +16,13 @@ SIGNIFICANT_DIGITS = 6
 
 
 def export_rows(run_dir: str | Path) -> pd.DataFrame:
-    """The per-sample rows of a run directory, :data:`EXPORT_COLUMNS` in that order."""
+    """The per-sample rows of a run directory (its cells and samples as last run, like its
+    tables), :data:`EXPORT_COLUMNS` in that order."""
     run_dir = Path(run_dir)
     if not (run_dir / DB_NAME).is_file():
         raise UserInputError(f"no results store ({DB_NAME}) in this directory; expected a run "
                              "directory", file=run_dir)
-    return read_results(run_dir)[EXPORT_COLUMNS].copy()
+    return read_run_results(run_dir)[EXPORT_COLUMNS].copy()
 
 
 def export_csv(run_dir: str | Path) -> str:

@@ -99,6 +99,20 @@ def test_export_csv_columns_and_values(tmp_zoo, tmp_path):
     assert cli.returncode == 0 and cli.stdout == text
 
 
+def test_export_has_the_run_as_last_run_not_every_stored_row(tmp_zoo, tmp_path):
+    """A suite re-run into the same directory with another model list (or a --limit prefix)
+    keeps the old rows in the store; the export, like the tables, has only the new run's."""
+    out = run_suite(load_suite(suite_file(tmp_path, n=8)), tmp_path / "run")
+    assert len(read_results(out)) == 2 * 3 * 8
+    one = tmp_path / "one.yaml"
+    one.write_text(SUITE.format(n=4, bs=4, steps=5).replace(
+        "models: [mnist/tiny-cnn, mnist/tiny-noisy]", "models: [mnist/tiny-cnn]"))
+    run_suite(load_suite(one), out)
+    assert len(read_results(out)) == 2 * 3 * 8  # nothing attacked again, nothing deleted
+    rows = list(csv.DictReader(io.StringIO(export_csv(out))))
+    assert {r["model"] for r in rows} == {"mnist/tiny-cnn"} and len(rows) == 3 * 4
+
+
 def _count(db: Path) -> int:
     try:
         con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)

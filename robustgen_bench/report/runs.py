@@ -11,7 +11,7 @@ import pandas as pd
 
 from robustgen_bench.errors import UserInputError
 from robustgen_bench.stats import CLEAN, SampleSetMismatch, StatsConfig
-from robustgen_bench.store import DB_NAME, read_manifest, read_results
+from robustgen_bench.store import DB_NAME, read_manifest, read_run_results
 
 
 class RunDirError(UserInputError):
@@ -42,16 +42,8 @@ def _load_one(run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     if not (run_dir / DB_NAME).is_file():
         raise RunDirError(f"no results store ({DB_NAME}) in this directory; expected a run "
                           "directory written by `rgbench run`", file=run_dir)
-    manifest = read_manifest(run_dir)
-    # Only the cells of the suite as last run: a changed config leaves old cells in the store.
-    keys = [c["key"] for c in manifest.get("cells", []) if "key" in c] or None
-    df = read_results(run_dir, cell_keys=keys)
-    # Only the samples of the suite as last run: after `rgbench run … --limit K` the store may
-    # hold more samples of the same cells (cell keys do not depend on n), from a longer run.
-    indices = (manifest.get("dataset") or {}).get("indices")
-    if indices:
-        df = df[df.sample_index.isin({int(i) for i in indices})].reset_index(drop=True)
-    return df, manifest
+    # only the cells and samples of the suite as last run (store.read_run_results says why)
+    return read_run_results(run_dir), read_manifest(run_dir)
 
 
 def _unique_names(models: Sequence[str], names: dict[str, str]) -> dict[str, str]:
