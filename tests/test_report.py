@@ -289,6 +289,18 @@ def test_leaderboard_of_a_limited_run_says_so(tmp_path: Path) -> None:
     assert "**Prefix run:** `--limit 4`" in write_leaderboard(run, tmp_path / "lb")[0].read_text()
 
 
+def test_example_grids_only_for_the_run_as_last_run() -> None:
+    """The examples file keeps models an earlier suite had; the reports draw only current ones."""
+    from types import SimpleNamespace
+
+    from robustgen_bench.report.outputs import example_models
+
+    runs = SimpleNamespace(results=pd.DataFrame({"model": ["mnist/b", "mnist/a", "mnist/a"]}))
+    tensors = {"mnist/old|pgd|0.3": None, "mnist/a|pgd|0.3": None, "mnist/b|pgd|0.3": None,
+               "mnist/a|clean|0": None}
+    assert example_models(runs, tensors) == ["mnist/a", "mnist/b"]
+
+
 def test_leaderboard_provenance_names_the_measured_weights(tmp_path: Path) -> None:
     """The board says which weights were attacked (an entry may be retrained after the run)."""
     from robustgen_bench.report.leaderboard import write_leaderboard

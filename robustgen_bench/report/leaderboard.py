@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from robustgen_bench.errors import UserInputError
-from robustgen_bench.report.outputs import _remove_stale, _slug, curve_plots
+from robustgen_bench.report.outputs import _remove_stale, _slug, curve_plots, example_models
 from robustgen_bench.report.render import distance_display, distances_latex, distances_markdown
 from robustgen_bench.report.render import to_latex, to_markdown
 from robustgen_bench.report.runs import RunDirError, RunSet, incomplete_cells, load_runs
@@ -196,7 +196,7 @@ def _figures(runs: RunSet, run_dir: Path, out_dir: Path, name: str, written: lis
         budgets = {a: (str(g.threat.iloc[0]), float(g.epsilon.max())) for a, g in cells.groupby("attack")}
         grids = [(runs.display(m), example_grid(tensors, m, out_dir / f"{name}_examples_{_slug(m)}.png",
                                                 title=runs.display(m), budgets=budgets))
-                 for m in dict.fromkeys(k.rsplit("|", 2)[0] for k in tensors)]
+                 for m in example_models(runs, tensors)]
         grids = [(m, g) for m, g in grids if g is not None]
         written.extend(g for _, g in grids)
         if grids:

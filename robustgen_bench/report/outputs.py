@@ -161,13 +161,20 @@ def sweep_plots(runs: RunSet, run_dir: Path, prefix: str = "") -> list[Path]:
     return out
 
 
+def example_models(runs: RunSet, tensors: dict) -> list[str]:
+    """Models with stored examples that belong to the run as last run (the examples file, like
+    the store, keeps models an earlier suite had), in the order examples were stored."""
+    current = set(runs.results.model)
+    return [m for m in dict.fromkeys(k.rsplit("|", 2)[0] for k in tensors) if m in current]
+
+
 def _example_plots(runs: RunSet, run_dir: Path) -> list[Path]:
     from robustgen_bench.report.plots import example_grid, load_examples
 
     tensors = load_examples(run_dir)
     if tensors is None:
         return []
-    models = list(dict.fromkeys([k.rsplit("|", 2)[0] for k in tensors]))
+    models = example_models(runs, tensors)
     # The runner keeps the examples of an attack's largest budget.
     cells = runs.results[runs.results.threat != "none"][["attack", "threat", "epsilon"]]
     budgets = {a: (str(g.threat.iloc[0]), float(g.epsilon.max())) for a, g in cells.groupby("attack")}
