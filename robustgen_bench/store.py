@@ -210,12 +210,14 @@ def read_results(run_dir: str | Path, cell_keys: Iterable[str] | None = None) ->
     return df.reset_index(drop=True)
 
 
-def read_run_results(run_dir: str | Path) -> pd.DataFrame:
+def read_run_results(run_dir: str | Path, manifest: dict[str, Any] | None = None) -> pd.DataFrame:
     """:func:`read_results` restricted to the run as last run: the cells and samples its
     manifest lists. A changed config (retrained weights, another model list) leaves the old
     cells in the store, and ``rgbench run … --limit K`` may follow a longer run of the same
-    cells; neither belongs to the run's tables or exports."""
-    manifest = read_manifest(run_dir)
+    cells; neither belongs to the run's tables or exports. ``manifest``: the run's, if already
+    read."""
+    if manifest is None:
+        manifest = read_manifest(run_dir)
     keys = [c["key"] for c in manifest.get("cells", []) if "key" in c] or None
     df = read_results(run_dir, cell_keys=keys)
     indices = (manifest.get("dataset") or {}).get("indices")

@@ -43,7 +43,8 @@ def _load_one(run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
         raise RunDirError(f"no results store ({DB_NAME}) in this directory; expected a run "
                           "directory written by `rgbench run`", file=run_dir)
     # only the cells and samples of the suite as last run (store.read_run_results says why)
-    return read_run_results(run_dir), read_manifest(run_dir)
+    manifest = read_manifest(run_dir)
+    return read_run_results(run_dir, manifest), manifest
 
 
 def _unique_names(models: Sequence[str], names: dict[str, str]) -> dict[str, str]:

@@ -203,10 +203,10 @@ def check_warm_start(ctx: Any) -> WarmStart | None:
 
 def _load_warm_start(ctx: Any, modules: Mapping[str, nn.Module]) -> None:
     """Load ``ctx.warm_start_file`` (safetensors: the single module's state dict, or
-    ``<module>.<key>`` for several), checked by :func:`check_warm_start`."""
+    ``<module>.<key>`` for several); ``train_entry`` checked it (:func:`check_warm_start`)
+    before the recipe loaded any data."""
     from safetensors.torch import load_file
 
-    check_warm_start(ctx)
     state = load_file(str(ctx.warm_start_file))
     for name, m in modules.items():
         part = state if len(modules) == 1 else {k[len(name) + 1:]: v for k, v in state.items()
