@@ -309,7 +309,7 @@ def test_a_budget_search_alone_still_gets_the_convergence_probe(tmp_path) -> Non
 def test_min_probe_samples_is_where_mcnemar_can_first_reach_alpha(alpha: float) -> None:
     from statsmodels.stats.contingency_tables import mcnemar
 
-    from robustgen_bench.checks.run import min_probe_samples
+    from robustgen_bench.checks.from_rows import min_probe_samples
 
     n = min_probe_samples(alpha)
     def best_p(k: int) -> float:  # all k samples discordant one way: the smallest p possible
@@ -467,6 +467,12 @@ def test_blackbox_stronger_than_whitebox_per_sample() -> None:
     assert r.status == "pass" and r.detail["per_epsilon"][0]["only_blackbox"] == 0
     only_wb = _rows(clean + strong_wb)
     assert from_rows.blackbox(only_wb, SPECS, "m", "l2", ChecksSpec()).status == "skip"
+    # on 7 clean-correct samples even 7 of 7 broken only by black-box gives p = 0.016: no pass
+    few = 7
+    r = from_rows.blackbox(_rows(clean[:few] + weak_wb[:few] + strong_bb[:few]), SPECS, "m", "l2",
+                           ChecksSpec())
+    assert r.status == "skip" and r.figure.startswith("underpowered: on 7 samples"), r.figure
+    assert "dataset.n" in r.figure and r.detail["per_epsilon"][0]["only_blackbox"] == few
 
 
 def test_caption_sentence() -> None:

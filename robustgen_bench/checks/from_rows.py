@@ -124,6 +124,24 @@ def paired(name: str, model: str, threat: str, other: pd.Series, white: pd.Serie
             "significant": bool(b > c and p < alpha)}
 
 
+def min_probe_samples(alpha: float) -> int:
+    """The fewest samples on which an exact two-sided McNemar test can reach p < ``alpha``
+    (all of them discordant one way: p = 2·0.5^n); 8 at alpha 0.01."""
+    return max(1, math.floor(1 - math.log2(alpha)) + 1)
+
+
+def underpowered(status: str, samples: int, alpha: float,
+                 more: str = "checks.subsample") -> tuple[str, str]:
+    """A paired comparison on too few samples cannot warn, so it must not read as a pass: its
+    status becomes ``skip`` with the reason and ``more`` (the setting that buys samples); the
+    figure still shows what it measured."""
+    need = min_probe_samples(alpha)
+    if samples >= need or status != "pass":
+        return status, ""
+    return "skip", (f"underpowered: on {samples} samples McNemar cannot reach p < {alpha:g} "
+                    f"(needs >= {need}, {more}); ")
+
+
 def blackbox(df: pd.DataFrame, specs: Mapping[str, AttackSpec], model: str, threat: str,
              cs: ChecksSpec) -> CheckResult:
     """Samples broken by a black-box attack and by no white-box attack at the same ε."""
@@ -152,7 +170,9 @@ def blackbox(df: pd.DataFrame, specs: Mapping[str, AttackSpec], model: str, thre
                            "no budget evaluated by both black-box and white-box attacks", {}, keys)
     worst_row = max(per_eps, key=lambda r: (r["significant"], r["only_blackbox"], -r["p"]))
     status = "warn" if any(r["significant"] for r in per_eps) else "pass"
-    figure = (f"{worst_row['only_blackbox']} of {worst_row['n']} samples broken only by black-box vs "
+    status, note = underpowered(status, max(r["n"] for r in per_eps), cs.alpha,
+                                "dataset.n")
+    figure = note + (f"{worst_row['only_blackbox']} of {worst_row['n']} samples broken only by black-box vs "
               f"{worst_row['only_whitebox']} only by white-box at ε={format_epsilon(worst_row['epsilon'])} "
               f"(McNemar p={worst_row['p']:.3g})")
     return CheckResult("blackbox", model, threat, status, figure,

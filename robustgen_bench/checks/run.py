@@ -203,22 +203,6 @@ class _Context:
         return s.reindex(list(samples)).astype(bool).values
 
 
-def min_probe_samples(alpha: float) -> int:
-    """The fewest samples on which an exact two-sided McNemar test can reach p < ``alpha``
-    (all of them discordant one way: p = 2·0.5^n); 8 at alpha 0.01."""
-    return max(1, math.floor(1 - math.log2(alpha)) + 1)
-
-
-def _underpowered(status: str, samples: int, alpha: float) -> tuple[str, str]:
-    """A paired probe on too few samples cannot warn, so it must not read as a pass: its
-    status becomes ``skip`` with the reason (the figure still shows what it measured)."""
-    need = min_probe_samples(alpha)
-    if samples >= need or status != "pass":
-        return status, ""
-    return "skip", (f"underpowered: on {samples} samples McNemar cannot reach p < {alpha:g} "
-                    f"(needs >= {need}, checks.subsample); ")
-
-
 def _fraction_status(value: float, threshold: float, bad: str = "warn") -> str:
     return bad if value > threshold + 1e-12 else "pass"
 
@@ -322,7 +306,7 @@ def compute(p: Planned, ctx: _Context) -> CheckResult:
             form = get_attack_class(spec.library, spec.attack).bounded_params(spec.epsilon) or {}
             r["bounded_form"] = form
             parts = [f"as {', '.join(f'{k}={v:g}' for k, v in form.items())}"] + parts
-        status, note = _underpowered(status, r["samples"], cs.alpha)
+        status, note = from_rows.underpowered(status, r["samples"], cs.alpha)
         return result(status, note + f"{spec.id} ε={format_epsilon(spec.epsilon)} on {r['samples']} "
                       f"samples: stored {100 * r['accuracy']:.0f}%; " + "; ".join(parts), r)
     if p.name == "transfer":
@@ -343,7 +327,7 @@ def compute(p: Planned, ctx: _Context) -> CheckResult:
             return result("skip", "no white-box results at the transfer budgets")
         w = max(per_eps, key=lambda r: (r["significant"], r["only_transfer"], -r["p"]))
         status = "warn" if any(r["significant"] for r in per_eps) else "pass"
-        status, note = _underpowered(status, w["n"], cs.alpha)
+        status, note = from_rows.underpowered(status, w["n"], cs.alpha)
         return result(status, note + f"{w['only_transfer']} of {w['n']} samples broken only by "
                       f"{spec.id} transferred from {src} vs {w['only_whitebox']} only by white-box "
                       f"at ε={format_epsilon(w['epsilon'])} (McNemar p={w['p']:.3g})",
