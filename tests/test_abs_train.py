@@ -106,6 +106,43 @@ def test_resume_equals_uninterrupted(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
 
 
+def test_schedule_changed_after_the_checkpoint_resumes_exactly(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mnist_train_small) -> None:
+    """Halving the rate from epoch 3 on, set after 2 epochs at the default schedule, resumes and
+    ends bitwise equal to a run that had the halving from the start; a schedule that changes a
+    finished epoch's rate, or any other key, is refused."""
+    from robustgen_bench.errors import ZooError
+
+    x, y = mnist_train_small
+    small = (x[:40], y[:40])
+    monkeypatch.setattr(TrainContext, "load_data", lambda self, split: small)
+    train = {"recipe": "eabs", "epochs": 2, "seed": 3, "batch_size": 18, "lr": 1e-3,
+             "beta": 1.0, "gamma": 10.0, "noise_sigma": 0.2}
+    full = _write_entry(tmp_path / "full", "eabs", EABS_CONFIG, {**train, "epochs": 3, "lr_halve_every": 2})
+    s_full = load_file(str(train_entry(full, root=tmp_path / "full", checkpoint_root=tmp_path / "cf")))
+    late = _write_entry(tmp_path / "late", "eabs", EABS_CONFIG, train)
+    train_entry(late, root=tmp_path / "late", checkpoint_root=tmp_path / "cl")
+
+    def set_train(**changes: object) -> None:
+        f = tmp_path / "late" / late / "entry.yaml"
+        raw = yaml.safe_load(f.read_text())
+        raw["train"] = {**train, **changes}
+        f.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+    for bad in ({"lr_halve_every": 1}, {"lr": 5e-4}, {"lr_halve_every": 2, "gamma": 5.0}):
+        set_train(epochs=3, **bad)
+        with pytest.raises(ZooError, match="different training config"):
+            train_entry(late, root=tmp_path / "late", checkpoint_root=tmp_path / "cl")
+    set_train(epochs=3, lr_halve_every=2)
+    s_late = load_file(str(train_entry(late, root=tmp_path / "late", checkpoint_root=tmp_path / "cl")))
+    for k in s_full:
+        assert torch.equal(s_full[k], s_late[k]), k
+    # the halving really changes epoch 3: without it the weights differ
+    plain = _write_entry(tmp_path / "plain", "eabs", EABS_CONFIG, {**train, "epochs": 3})
+    s_plain = load_file(str(train_entry(plain, root=tmp_path / "plain", checkpoint_root=tmp_path / "cp")))
+    assert not all(torch.equal(s_full[k], s_plain[k]) for k in s_full)
+
+
 def test_warm_start_from_weights_equals_training_through_the_restart(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mnist_train_small) -> None:
     """A run from scratch with ``train.warm_start`` and one that loads the weights after the

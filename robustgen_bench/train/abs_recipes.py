@@ -307,8 +307,12 @@ def train_generative(ctx: TrainContext) -> None:
         metrics.update(validate(nets, spec, x_val, y_val))
         return metrics
 
+    def lr_at(train: Mapping[str, Any], epoch: int) -> float:
+        s = GenerativeTrainSpec.from_entry(entry.config, train)
+        return epoch_lr(s.lr, epoch, s.lr_halve_every)
+
     modules = {"nets": nets}
-    run_epochs(ctx, modules, optimizers, epoch_fn)
+    run_epochs(ctx, modules, optimizers, epoch_fn, lr_at=lr_at)
     ctx.save_weights(nets.state_dict())
 
 

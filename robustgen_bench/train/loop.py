@@ -75,12 +75,20 @@ class EpochCheckpointer:
         return state
 
     def load(self, modules: Mapping[str, nn.Module],
-             optimizers: Mapping[str, torch.optim.Optimizer]) -> int:
-        """Restore the last checkpoint if any; returns the next epoch to run (0 when none)."""
+             optimizers: Mapping[str, torch.optim.Optimizer],
+             compatible: Callable[[str, int], bool] | None = None) -> int:
+        """Restore the last checkpoint if any; returns the next epoch to run (0 when none).
+
+        A checkpoint written under another fingerprint is refused unless
+        ``compatible(its_fingerprint, its_epoch)`` says the finished epochs would have run the
+        same under this config (e.g. a learning-rate schedule changed only after them)."""
         if not self.path.is_file():
             return 0
         state = torch.load(self.path, map_location="cpu", weights_only=True)
-        if state.get("fingerprint") != self.fingerprint:
+        found = state.get("fingerprint")
+        if found != self.fingerprint and not (
+                compatible is not None and isinstance(found, str)
+                and compatible(found, int(state["epoch"]))):
             raise ZooError(
                 f"checkpoint {self.path} was written for a different training config; "
                 "train with --no-resume to start over", key="train")
@@ -97,6 +105,34 @@ def config_fingerprint(train: Mapping[str, Any], config: Mapping[str, Any]) -> s
     ``keep``, which selects among the epochs but does not change them)."""
     t = {k: v for k, v in train.items() if k not in ("epochs", "command", "keep")}
     return json.dumps({"train": t, "config": dict(config)}, sort_keys=True, default=str)
+
+
+#: ``train`` keys that only set the learning rate of each epoch (:func:`epoch_lr`).
+SCHEDULE_KEYS = ("lr", "lr_halve_every")
+
+#: The learning rate of a (0-based) epoch under a ``train`` mapping, as a recipe reads it.
+LrAt = Callable[[Mapping[str, Any], int], float]
+
+
+def same_past_schedule(old_fingerprint: str, train: Mapping[str, Any], config: Mapping[str, Any],
+                       finished: int, lr_at: LrAt) -> bool:
+    """Whether a checkpoint written under ``old_fingerprint`` after (0-based) epoch ``finished``
+    would have run the same under (``train``, ``config``): everything but :data:`SCHEDULE_KEYS`
+    equal, and the learning rate of every finished epoch unchanged. So a schedule may be extended
+    (e.g. the rate halved from the next epoch on) without starting over."""
+    try:
+        old = json.loads(old_fingerprint)
+        old_train, old_config = dict(old["train"]), old["config"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    new = json.loads(config_fingerprint(train, config))
+
+    def rest(t: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in t.items() if k not in SCHEDULE_KEYS}
+
+    if rest(old_train) != rest(new["train"]) or old_config != new["config"]:
+        return False
+    return all(lr_at(old_train, e) == lr_at(train, e) for e in range(finished + 1))
 
 
 def epoch_lr(base: float, epoch: int, halve_every: int | None) -> float:
@@ -216,7 +252,7 @@ def _load_warm_start(ctx: Any, modules: Mapping[str, nn.Module]) -> None:
 
 def run_epochs(ctx: Any, modules: Mapping[str, nn.Module],
                optimizers: Mapping[str, torch.optim.Optimizer],
-               epoch_fn: Callable[[int], Mapping[str, float]]) -> None:
+               epoch_fn: Callable[[int], Mapping[str, float]], lr_at: LrAt | None = None) -> None:
     """Run ``epoch_fn(epoch) -> metrics`` for the epochs not yet checkpointed, saving after each.
 
     ``ctx`` is a :class:`robustgen_bench.train.TrainContext`. The global torch RNG is seeded with
@@ -225,12 +261,18 @@ def run_epochs(ctx: Any, modules: Mapping[str, nn.Module],
     (``best.pt``) and loaded into ``modules`` at the end (early stopping on validation data).
     With ``train.warm_start`` (:class:`WarmStart`) the optimizers restart at its epoch, and
     ``ctx.warm_start_file`` (if set and no checkpoint is further along) skips the epochs before it.
+    With ``lr_at`` (how the recipe reads each epoch's rate from ``train``), a checkpoint whose
+    config differs only in a schedule that leaves its finished epochs' rates unchanged resumes
+    (:func:`same_past_schedule`).
     """
     metric = keep_metric(ctx)
     ws = warm_start_of(ctx)
-    ckpt = EpochCheckpointer(ctx.checkpoint_dir, config_fingerprint(ctx.entry.train, ctx.entry.config))
+    train, config = ctx.entry.train, ctx.entry.config
+    ckpt = EpochCheckpointer(ctx.checkpoint_dir, config_fingerprint(train, config))
+    compatible = (None if lr_at is None else
+                  lambda fp, finished: same_past_schedule(fp, train, config, finished, lr_at))
     torch.manual_seed(ctx.seed)
-    start = ckpt.load(modules, optimizers) if ctx.resume else 0
+    start = ckpt.load(modules, optimizers, compatible) if ctx.resume else 0
     if start:
         ctx.console.print(f"[cyan]{ctx.entry.id}: resuming after epoch {start} from {ckpt.path}")
     warm = False
