@@ -16,6 +16,9 @@ with ``train.seed`` exactly as its recipe held it out), in this process, on the 
 Prints a Markdown table; asserts nothing. Usage:
     .venv/bin/python benchmarks/eabs_inference_schedule.py mnist/eabs --n 300 --logvar-lr none 0.2 0.5
     .venv/bin/python benchmarks/eabs_inference_schedule.py mnist/eabs --n 500 --steps 0 25 50 100 --lr 0.05
+    .venv/bin/python benchmarks/eabs_inference_schedule.py mnist/eabs --n 1000 --weights OLD.safetensors
+(``--weights``: other weights of the same entry, e.g. an earlier epoch's from git, to decide on
+validation images whether further training helped.)
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from pathlib import Path
 
 import torch
 
@@ -50,16 +54,21 @@ def main() -> None:
     ap.add_argument("--lr", nargs="+", type=float, default=None, help="default: the entry's")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--weights", default=None,
+                    help="a safetensors file to use instead of the entry's weights (same config)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     entry = zoo.get_entry(args.entry)
     d = zoo.build_defense(entry)
+    if args.weights is not None:
+        d.load_weight_files({"weights": Path(args.weights)})  # strict; the candidate cache follows
     if not getattr(d, "cfg", None) or not d.cfg.variational:
         raise SystemExit(f"{args.entry} does not use variational inference")
     x, y = validation_images(entry, args.n)
     base = d.cfg
     d.build_cache()  # the one-off candidate decoding is not part of any row's cost
-    print(f"{args.entry}: first {len(y)} validation images, steps {base.steps}, lr {base.lr}")
+    weights = args.weights or "the entry's weights"
+    print(f"{args.entry} ({weights}): first {len(y)} validation images, steps {base.steps}, lr {base.lr}")
     steps_list = args.steps or [base.steps]
     lr_list = args.lr or [base.lr]
     lv_list = args.logvar_lr or ["none" if base.logvar_lr is None else str(base.logvar_lr)]
