@@ -28,9 +28,20 @@ BEST_NAME = "best.pt"
 class EpochCheckpointer:
     """Save/restore modules + optimizers + epoch + RNG state under ``directory/last.pt``."""
 
-    def __init__(self, directory: Path, fingerprint: str) -> None:
+    def __init__(self, directory: Path, fingerprint: str,
+                 compatible: Callable[[str, int], bool] | None = None) -> None:
         self.directory = Path(directory)
         self.fingerprint = fingerprint
+        self.compatible = compatible
+
+    def _accepts(self, state: Mapping[str, Any]) -> bool:
+        """Whether a saved state was written by this config: the same fingerprint, or one that
+        ``compatible(its_fingerprint, its_epoch)`` says would have run the finished epochs the
+        same (e.g. a learning-rate schedule changed only after them)."""
+        found = state.get("fingerprint")
+        return found == self.fingerprint or (
+            self.compatible is not None and isinstance(found, str)
+            and self.compatible(found, int(state["epoch"])))
 
     @property
     def path(self) -> Path:
@@ -70,25 +81,18 @@ class EpochCheckpointer:
         if not path.is_file():
             return None
         state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("fingerprint") != self.fingerprint or state.get("metric") != metric:
+        if not self._accepts(state) or state.get("metric") != metric:
             return None
         return state
 
     def load(self, modules: Mapping[str, nn.Module],
-             optimizers: Mapping[str, torch.optim.Optimizer],
-             compatible: Callable[[str, int], bool] | None = None) -> int:
+             optimizers: Mapping[str, torch.optim.Optimizer]) -> int:
         """Restore the last checkpoint if any; returns the next epoch to run (0 when none).
-
-        A checkpoint written under another fingerprint is refused unless
-        ``compatible(its_fingerprint, its_epoch)`` says the finished epochs would have run the
-        same under this config (e.g. a learning-rate schedule changed only after them)."""
+        A checkpoint this config does not accept (:meth:`_accepts`) is refused."""
         if not self.path.is_file():
             return 0
         state = torch.load(self.path, map_location="cpu", weights_only=True)
-        found = state.get("fingerprint")
-        if found != self.fingerprint and not (
-                compatible is not None and isinstance(found, str)
-                and compatible(found, int(state["epoch"]))):
+        if not self._accepts(state):
             raise ZooError(
                 f"checkpoint {self.path} was written for a different training config; "
                 "train with --no-resume to start over", key="train")
@@ -268,11 +272,11 @@ def run_epochs(ctx: Any, modules: Mapping[str, nn.Module],
     metric = keep_metric(ctx)
     ws = warm_start_of(ctx)
     train, config = ctx.entry.train, ctx.entry.config
-    ckpt = EpochCheckpointer(ctx.checkpoint_dir, config_fingerprint(train, config))
     compatible = (None if lr_at is None else
                   lambda fp, finished: same_past_schedule(fp, train, config, finished, lr_at))
+    ckpt = EpochCheckpointer(ctx.checkpoint_dir, config_fingerprint(train, config), compatible)
     torch.manual_seed(ctx.seed)
-    start = ckpt.load(modules, optimizers, compatible) if ctx.resume else 0
+    start = ckpt.load(modules, optimizers) if ctx.resume else 0
     if start:
         ctx.console.print(f"[cyan]{ctx.entry.id}: resuming after epoch {start} from {ckpt.path}")
     warm = False
