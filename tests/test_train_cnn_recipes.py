@@ -107,3 +107,25 @@ def test_recalibrate_batchnorm_matches_the_statistics_of_the_images() -> None:
     recalibrate_batchnorm(model, x, batch_size=16)
     torch.testing.assert_close(bn.running_mean, first, rtol=0, atol=0)
     torch.testing.assert_close(first, feats.mean((0, 2, 3)))
+
+
+def test_cnn_schedule_changed_after_the_checkpoint_resumes_exactly(small_zoo: Path) -> None:
+    """The CNN recipe reads its schedule like the ABS recipes: halving the rate from epoch 2 on,
+    set after one epoch at `lr_halve_every: 15`, resumes and ends bitwise equal to a run with
+    `lr_halve_every: 1` from the start; changing `lr` (epoch 1's rate) is refused."""
+    from robustgen_bench.errors import ZooError
+
+    root = small_zoo / "zoo"
+    f = root / "mnist" / "cnn" / "entry.yaml"
+    base = f.read_text()
+    f.write_text(base.replace("lr_halve_every: 15", "lr_halve_every: 1"))
+    full = load_file(str(train_entry("mnist/cnn", epochs=2, root=root, checkpoint_root=small_zoo / "cf")))
+    f.write_text(base)
+    one = load_file(str(train_entry("mnist/cnn", epochs=1, root=root, checkpoint_root=small_zoo / "cl")))
+    f.write_text(base.replace("lr: 0.001", "lr: 0.002"))
+    with pytest.raises(ZooError, match="different training config"):
+        train_entry("mnist/cnn", epochs=2, root=root, checkpoint_root=small_zoo / "cl")
+    f.write_text(base.replace("lr_halve_every: 15", "lr_halve_every: 1"))
+    late = load_file(str(train_entry("mnist/cnn", epochs=2, root=root, checkpoint_root=small_zoo / "cl")))
+    assert all(torch.equal(full[k], late[k]) for k in full)
+    assert not all(torch.equal(full[k], one[k]) for k in full)  # the resumed epoch trained

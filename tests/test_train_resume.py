@@ -169,3 +169,21 @@ def test_keep_rejects_unknown_metric_and_bad_value(tmp_path: Path) -> None:
     with pytest.raises(ZooError, match="best:<metric>"):
         train_entry("toy/tiny", epochs=1, root=root, checkpoint_root=tmp_path / "ck2")
 
+
+
+def test_checkpoint_past_the_requested_epochs_is_refused(tmp_path: Path) -> None:
+    """last.pt after epoch 3 cannot give 2-epoch weights: asking for 2 is an error naming
+    train.epochs (nothing written), asking for 3 writes the checkpoint's weights unchanged."""
+    root = _zoo(tmp_path, "z")
+    w3 = load_file(str(train_entry("toy/tiny", epochs=3, root=root, checkpoint_root=tmp_path / "ck")))
+    weights = root / "toy/tiny/weights.safetensors"
+    before = weights.read_bytes()
+    with pytest.raises(ZooError, match="--epochs 3") as e:
+        train_entry("toy/tiny", epochs=2, root=root, checkpoint_root=tmp_path / "ck")
+    assert e.value.key == "train.epochs" and weights.read_bytes() == before
+    again = load_file(str(train_entry("toy/tiny", epochs=3, root=root, checkpoint_root=tmp_path / "ck")))
+    assert all(torch.equal(w3[k], again[k]) for k in w3)
+    # --no-resume trains the 2 asked for from scratch: different weights from the 3-epoch ones
+    two = load_file(str(train_entry("toy/tiny", epochs=2, resume=False, root=root,
+                                    checkpoint_root=tmp_path / "ck")))
+    assert not all(torch.equal(w3[k], two[k]) for k in w3)

@@ -13,7 +13,8 @@ BatchNorm statistics on the clean training images after the last epoch (see
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -108,7 +109,11 @@ def _train_loop(ctx: TrainContext, model: nn.Module, opt: torch.optim.Optimizer,
             metrics.update(extra_metrics())
         return metrics
 
-    run_epochs(ctx, {"model": model}, {"opt": opt}, epoch_fn)
+    def lr_at(train: Mapping[str, Any], epoch: int) -> float:
+        # the same reading of the schedule as above, for another version of ``train``
+        return epoch_lr(float(train.get("lr", 1e-3)), epoch, train.get("lr_halve_every"))
+
+    run_epochs(ctx, {"model": model}, {"opt": opt}, epoch_fn, lr_at=lr_at)
     model.eval()
     if bn_recalibrate:
         before = accuracy(model.predict, *val)

@@ -277,6 +277,12 @@ def run_epochs(ctx: Any, modules: Mapping[str, nn.Module],
     ckpt = EpochCheckpointer(ctx.checkpoint_dir, config_fingerprint(train, config), compatible)
     torch.manual_seed(ctx.seed)
     start = ckpt.load(modules, optimizers) if ctx.resume else 0
+    if start > ctx.epochs:
+        # last.pt holds only its own epoch: writing it would ship more epochs than asked for
+        raise ZooError(f"the checkpoint {ckpt.path} has finished {start} epochs, more than the "
+                       f"{ctx.epochs} asked for; pass --epochs {start} to write its weights, or "
+                       f"--no-resume to train {ctx.epochs} epochs from scratch",
+                       file=ctx.entry.entry_file, key="train.epochs")
     if start:
         ctx.console.print(f"[cyan]{ctx.entry.id}: resuming after epoch {start} from {ckpt.path}")
     warm = False
