@@ -170,7 +170,6 @@ def test_keep_rejects_unknown_metric_and_bad_value(tmp_path: Path) -> None:
         train_entry("toy/tiny", epochs=1, root=root, checkpoint_root=tmp_path / "ck2")
 
 
-
 def test_checkpoint_past_the_requested_epochs_is_refused(tmp_path: Path) -> None:
     """last.pt after epoch 3 cannot give 2-epoch weights: asking for 2 is an error naming
     train.epochs (nothing written), asking for 3 writes the checkpoint's weights unchanged."""

@@ -77,16 +77,20 @@ def _train_loop(ctx: TrainContext, model: nn.Module, opt: torch.optim.Optimizer,
     xtr, ytr = train
     bs = int(ctx.hparam("batch_size", 512, int))
     n_batches = (len(ytr) + bs - 1) // bs
-    base_lr = float(ctx.hparam("lr", 1e-3, (int, float)))
+    ctx.hparam("lr", 1e-3, (int, float))  # type checks; lr_at reads the values
     halve_every = (ctx.hparam("lr_halve_every", None, int)
                    if ctx.entry.train.get("lr_halve_every") is not None else None)
     if halve_every is not None and halve_every < 1:
         raise ZooError(f"expected a positive number of epochs, got {halve_every}",
                        file=ctx.entry.entry_file, key="train.lr_halve_every")
 
+    def lr_at(train: Mapping[str, Any], epoch: int) -> float:
+        # one reading of the schedule, for this entry's ``train`` and a checkpoint's (run_epochs)
+        return epoch_lr(float(train.get("lr", 1e-3)), epoch, train.get("lr_halve_every"))
+
     def epoch_fn(epoch: int) -> dict[str, float]:
         for group in opt.param_groups:
-            group["lr"] = epoch_lr(base_lr, epoch, halve_every)
+            group["lr"] = lr_at(ctx.entry.train, epoch)
         total, seen = 0.0, 0
         with ctx.progress() as prog:
             task = prog.add_task(f"{ctx.entry.id} {label} epoch {epoch + 1}/{ctx.epochs}",
@@ -108,10 +112,6 @@ def _train_loop(ctx: TrainContext, model: nn.Module, opt: torch.optim.Optimizer,
         if extra_metrics is not None:
             metrics.update(extra_metrics())
         return metrics
-
-    def lr_at(train: Mapping[str, Any], epoch: int) -> float:
-        # the same reading of the schedule as above, for another version of ``train``
-        return epoch_lr(float(train.get("lr", 1e-3)), epoch, train.get("lr_halve_every"))
 
     run_epochs(ctx, {"model": model}, {"opt": opt}, epoch_fn, lr_at=lr_at)
     model.eval()
