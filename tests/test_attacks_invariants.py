@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from robustgen_bench.adaptive import AdaptiveSpec, GradientHook
+from robustgen_bench.adaptive import AdaptiveSpec, GradientHook, Surrogate
 from robustgen_bench.attacks import (
     Attack, AttackOutput, AttackSpec, UnknownAttackError, attack_names, get_attack_class,
     make_attack,
@@ -356,6 +356,30 @@ def test_attack_level_eot_overrides_the_entry_for_this_attack_only():
         run(EotSpy(s), d, x, y, idx, adaptive=randomized, clean=clean)
     assert seen == [3, 1, 7]
     assert "eot" not in spec().canonical()  # cell keys of suites without eot are unchanged
+    # a deterministic defense: its draws are identical, so one is taken whatever eot asks
+    deterministic = AdaptiveSpec(GradientHook.EXACT, randomized=False, eot=1)
+    seen.clear()
+    for eot in (None, 1, 7):
+        s = AttackSpec(id="t", library="test", attack="Fake", threat=Threat.LINF, epsilon=0.1,
+                       verify_draws=1, seed=0, eot=eot)
+        run(EotSpy(s), d, x, y, idx, adaptive=deterministic, clean=clean)
+    assert seen == [1, 1, 1]
+
+
+def test_one_draw_of_a_deterministic_defense_is_the_mean_of_several():
+    """Why one draw suffices: the k-draw surrogate of a deterministic defense gives the same
+    logits and input gradients as the one-draw surrogate (up to float rounding of sum / k)."""
+    d = BrightnessDefense()
+    x, _, _ = batch(3)
+    outs = []
+    for eot in (1, 3, 10):
+        xi = x.clone().requires_grad_(True)
+        logits = Surrogate(d, eot)(xi)
+        (g,) = torch.autograd.grad(logits[:, 1].sum(), xi)
+        outs.append((logits.detach(), g))
+    for logits, g in outs[1:]:
+        torch.testing.assert_close(logits, outs[0][0])
+        torch.testing.assert_close(g, outs[0][1])
 
 
 @pytest.mark.parametrize("attack,threat,top,scale", [("LinfPGDSearch", Threat.LINF, 0.5, 1.0),
