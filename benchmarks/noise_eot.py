@@ -4,7 +4,7 @@ The suites' ``noise`` attack (``GaussianNoise``: repeated additive noise at ``le
 gradient-free: its surrogate only decides "flagged or not" at each level, and every candidate is
 re-decided by the deployed ``predict`` with ``verify_draws`` draws before it counts. With the
 entry's EOT (5 for E-ABS) each of those decisions costs five full inferences, which makes this
-search the costliest cell of the ``mnist`` and ``fashion-mnist`` suites (E-ABS: 96 of 157 CPU-s
+search the costliest cell of the ``mnist`` and ``fashion-mnist`` suites (E-ABS: 87 of 148 CPU-s
 per sample, ``rgbench status runs/mnist``). This script runs the suite's own noise attack on the
 same images both ways, in this process: the entry's EOT (the boards) and ``eot: 1`` (what a
 suite can ask with the attack-level ``eot`` key). It prints the CPU seconds of each and their
@@ -34,17 +34,22 @@ from robustgen_bench import zoo
 from robustgen_bench.attacks import make_attack
 from robustgen_bench.config import load_suite
 from robustgen_bench.data import load_tensors, subset_indices
+from robustgen_bench.report.render import format_cell
 from robustgen_bench.stats import mcnemar_pvalue, wilson_interval
 
 
 def _acc(robust: list[bool]) -> str:
     k, m = sum(robust), len(robust)
-    lo, hi = wilson_interval(k, m)
-    return f"{100 * k / m:.1f} % [{100 * lo:.1f}, {100 * hi:.1f}]"
+    return format_cell(k / m, *wilson_interval(k, m))
+
+
+def _found(d: float | None) -> bool:
+    """A closest adversarial was found (unbroken samples store no or an infinite distance)."""
+    return d is not None and bool(np.isfinite(d))
 
 
 def _median(d: list[float | None]) -> str:
-    found = [v for v in d if v is not None and np.isfinite(v)]
+    found = [v for v in d if _found(v)]
     return f"{statistics.median(found):.3f}" if found else "-"
 
 
@@ -70,9 +75,9 @@ def main() -> None:
     torch.manual_seed(0)
     with torch.no_grad():
         clean = defense.predict(x).argmax(1)
-    base = spec  # as the runner gets it: the suite's surrogate and verify draws merged in
-    ways = {f"eot {entry.adaptive.eot} (boards)": replace(base, eot=None),
-            f"eot {args.eot}": replace(base, eot=args.eot)}
+    # spec is as the runner gets it: the suite's surrogate and verify draws merged in
+    ways = {f"eot {entry.adaptive.eot} (boards)": replace(spec, eot=None),
+            f"eot {args.eot}": replace(spec, eot=args.eot)}
     rows, cpu = {}, {}
     for name, s in ways.items():
         torch.manual_seed(0)
@@ -82,13 +87,13 @@ def main() -> None:
     (a_name, a), (b_name, b) = rows.items()
     attacked = [i for i, r in enumerate(a) if r.clean_pred == r.label]
     print(f"{args.model}, {spec.attack} {dict(spec.params)} eps={spec.epsilon}, verify draws "
-          f"{base.verify_draws}; first {args.n} samples of the {suite.name} subset "
+          f"{spec.verify_draws}; first {args.n} samples of the {suite.name} subset "
           f"({len(attacked)} attacked)")
     print("| surrogate | CPU s | robust accuracy [95 % Wilson] | median distance | none found |")
     print("|---|---:|---|---:|---:|")
     for name, r in rows.items():
         d = [r[i].distance for i in attacked]
-        none = sum(v is None or not np.isfinite(v) for v in d)
+        none = sum(not _found(v) for v in d)
         print(f"| {name} | {cpu[name]:.1f} | {_acc([r[i].adv_correct for i in attacked])} "
               f"| {_median(d)} | {none} |")
     print(f"ratio (boards / eot {args.eot}): {cpu[a_name] / cpu[b_name]:.2f}x")
@@ -97,7 +102,7 @@ def main() -> None:
     print(f"verdicts at eps agree on {sum(p == q for p, q in zip(ra, rb))} of {len(attacked)}; "
           f"McNemar p = {mcnemar_pvalue(np.array(ra), np.array(rb)):.3g}")
     pairs = [(a[i].distance, b[i].distance) for i in attacked
-             if a[i].distance is not None and b[i].distance is not None]
+             if _found(a[i].distance) and _found(b[i].distance)]
     off = sum(abs(p - q) > 0.1 * p for p, q in pairs)
     closer = sum(q < p for p, q in pairs)
     print(f"distances found both ways: {len(pairs)}; differ by > 10 %: {off}; "
