@@ -24,6 +24,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 import time
 
 import torch
@@ -31,7 +32,8 @@ import torch
 from robustgen_bench import zoo
 from robustgen_bench.adaptive import Surrogate, WarmStart
 from robustgen_bench.data import load_tensors
-from robustgen_bench.stats import mcnemar_pvalue, wilson_interval
+from robustgen_bench.report.render import format_rate
+from robustgen_bench.stats import mcnemar_pvalue
 
 
 def path_costs(surrogate: Surrogate, x: torch.Tensor, y: torch.Tensor, steps: int,
@@ -60,10 +62,9 @@ def _timed_predict(defense: torch.nn.Module, x: torch.Tensor, batch: int) -> tup
     return pred, time.process_time() - t0
 
 
-def _acc(correct: torch.Tensor) -> str:
-    k, m = int(correct.sum()), len(correct)
-    lo, hi = wilson_interval(k, m)
-    return f"{100 * k / m:.2f} % [{100 * lo:.1f}, {100 * hi:.1f}]"
+def _acc(correct: Sequence[bool] | torch.Tensor) -> str:
+    """Accuracy of a bool vector (list or tensor) with its Wilson interval."""
+    return format_rate(int(sum(bool(c) for c in correct)), len(correct), digits=2)
 
 
 def predict_speed(ids: list[str], n: int, batch: int) -> None:

@@ -21,6 +21,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 import json
 import time
 from pathlib import Path
@@ -34,7 +35,8 @@ from robustgen_bench.adaptive import WarmStart
 from robustgen_bench.attacks import AttackSpec, make_attack
 from robustgen_bench.attacks.verification import majority_vote, predict_draws
 from robustgen_bench.data import load_tensors
-from robustgen_bench.stats import mcnemar_pvalue, wilson_interval
+from robustgen_bench.report.render import format_rate
+from robustgen_bench.stats import mcnemar_pvalue
 from robustgen_bench.threat import Threat
 
 ATTACKS = {Threat.L2: "L2PGD", Threat.LINF: "LinfPGD"}
@@ -118,10 +120,9 @@ def run_model(entry_id: str, threat: Threat, eps: float, n: int, steps: int, rel
     return out
 
 
-def _acc(v: list[bool]) -> str:
-    k, m = sum(v), len(v)
-    lo, hi = wilson_interval(k, m)
-    return f"{100 * k / m:.0f} % [{100 * lo:.0f}, {100 * hi:.0f}]"
+def _acc(correct: Sequence[bool] | torch.Tensor) -> str:
+    """Accuracy of a bool vector (list or tensor) with its Wilson interval."""
+    return format_rate(int(sum(bool(c) for c in correct)), len(correct), digits=0)
 
 
 def _pair(a: list[bool], b: list[bool]) -> str:

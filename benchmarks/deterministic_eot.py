@@ -16,6 +16,7 @@ Usage (the Table 2.7 study's PGD on ABS, warm hook as in attack_suites/mnist-att
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 import time
 from dataclasses import replace
 from types import MappingProxyType
@@ -28,14 +29,14 @@ from robustgen_bench.adaptive import WarmStart
 from robustgen_bench.attacks import make_attack
 from robustgen_bench.attacks.spec import AttackSpec
 from robustgen_bench.data import load_tensors
-from robustgen_bench.stats import mcnemar_pvalue, wilson_interval
+from robustgen_bench.report.render import format_rate
+from robustgen_bench.stats import mcnemar_pvalue
 from robustgen_bench.threat import Threat
 
 
-def _acc(robust: list[bool]) -> str:
-    k, m = sum(robust), len(robust)
-    lo, hi = wilson_interval(k, m)
-    return f"{100 * k / m:.1f} % [{100 * lo:.1f}, {100 * hi:.1f}]"
+def _acc(correct: Sequence[bool] | torch.Tensor) -> str:
+    """Accuracy of a bool vector (list or tensor) with its Wilson interval."""
+    return format_rate(int(sum(bool(c) for c in correct)), len(correct), digits=1)
 
 
 def main() -> None:

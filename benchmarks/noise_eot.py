@@ -23,6 +23,7 @@ Usage (the first 12 samples of the mnist board's subset):
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 import statistics
 import time
 from dataclasses import replace
@@ -34,13 +35,13 @@ from robustgen_bench import zoo
 from robustgen_bench.attacks import make_attack
 from robustgen_bench.config import load_suite
 from robustgen_bench.data import load_tensors, subset_indices
-from robustgen_bench.report.render import format_cell
-from robustgen_bench.stats import mcnemar_pvalue, wilson_interval
+from robustgen_bench.report.render import format_rate
+from robustgen_bench.stats import mcnemar_pvalue
 
 
-def _acc(robust: list[bool]) -> str:
-    k, m = sum(robust), len(robust)
-    return format_cell(k / m, *wilson_interval(k, m))
+def _acc(correct: Sequence[bool] | torch.Tensor) -> str:
+    """Accuracy of a bool vector (list or tensor) with its Wilson interval."""
+    return format_rate(int(sum(bool(c) for c in correct)), len(correct), digits=1)
 
 
 def _found(d: float | None) -> bool:

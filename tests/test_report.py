@@ -429,3 +429,16 @@ def test_swept_attack_gets_a_table_and_a_plot_per_budget(tmp_path: Path) -> None
     assert "| steps = 10 | 25.0% [7.1%, 59.1%] | 62.5% [30.6%, 86.3%] |" in md
     assert (tmp_path / "lb" / "sw_sweep_pgd_linf-0.3.png").is_file()
     assert "sweep_pgd_linf-0.3.png" in {p.name for p in write_reports(run)}
+
+
+def test_format_rate_is_the_wilson_interval_of_statsmodels() -> None:
+    from statsmodels.stats.proportion import proportion_confint
+
+    from robustgen_bench.report.render import MISSING, format_rate
+
+    lo, hi = proportion_confint(3, 7, alpha=0.05, method="wilson")
+    assert format_rate(3, 7) == f"{100 * 3 / 7:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+    lo, hi = proportion_confint(99, 100, alpha=0.05, method="wilson")
+    assert format_rate(99, 100, digits=2) == f"99.00% [{100 * lo:.2f}, {100 * hi:.2f}]"
+    assert format_rate(5, 10, digits=0) == "50% [24, 76]"
+    assert format_rate(0, 0) == MISSING

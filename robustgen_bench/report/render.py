@@ -21,6 +21,7 @@ from rich.text import Text
 from robustgen_bench.console import add_id_column
 from robustgen_bench.errors import UserInputError
 from robustgen_bench.report.tables import CSV_COLUMNS
+from robustgen_bench.stats import wilson_interval
 
 FORMATS = ("md", "tex", "csv", "html", "term")
 MISSING = "-"
@@ -30,14 +31,25 @@ class FormatError(UserInputError):
     """An unknown output format (exit code 2)."""
 
 
-def format_cell(accuracy: float, ci_low: float, ci_high: float, *, ci: bool = True) -> str:
-    """``99.5% [98.8, 99.8]`` (percent, one decimal); :data:`MISSING` for a missing value."""
+def format_cell(accuracy: float, ci_low: float, ci_high: float, *, ci: bool = True,
+                digits: int = 1) -> str:
+    """``99.5% [98.8, 99.8]`` (percent, ``digits`` decimals); :data:`MISSING` for a missing value."""
     if accuracy is None or (isinstance(accuracy, float) and math.isnan(accuracy)):
         return MISSING
-    text = f"{100 * accuracy:.1f}%"
+    text = f"{100 * accuracy:.{digits}f}%"
     if ci and not math.isnan(ci_low):
-        text += f" [{100 * ci_low:.1f}, {100 * ci_high:.1f}]"
+        text += f" [{100 * ci_low:.{digits}f}, {100 * ci_high:.{digits}f}]"
     return text
+
+
+def format_rate(successes: int, n: int, *, digits: int = 1) -> str:
+    """``successes / n`` as :func:`format_cell` writes it, with its Wilson 95 % interval.
+
+    For scripts that count outcomes themselves (the ``benchmarks/``); :data:`MISSING` when n = 0.
+    """
+    if n == 0:
+        return MISSING
+    return format_cell(successes / n, *wilson_interval(successes, n), digits=digits)
 
 
 def display_frame(table: pd.DataFrame, *, ci: bool = True) -> tuple[pd.DataFrame, list[int]]:
