@@ -65,12 +65,16 @@ def run(
         console.print(f"device: {dev}")
     # Ray workers each see the GPU Ray assigned them as "cuda"
     where = dev.type if executor == "ray" else str(dev)
+    interrupted = False
     try:
         with RichProgress(console) as progress:
             run_suite(s, out, data_dir=data_dir, progress=progress.task, executor=ex,
                       device=where)
+    except KeyboardInterrupt:
+        interrupted = True  # stop the running batches now: their rows were not stored
+        raise
     finally:
-        ex.close()
+        ex.close(interrupted=interrupted)
     if s.checks.enabled:
         from robustgen_bench.checks.run import run_checks
 

@@ -129,7 +129,7 @@ class Executor(Protocol):
 
     def map(self, tasks: Iterable[BatchTask]) -> Iterator[BatchResult]: ...
 
-    def close(self) -> None: ...
+    def close(self, *, interrupted: bool = False) -> None: ...
 
 
 def _bounded_stream(tasks: Iterable[BatchTask], in_flight: int, submit: Callable[[BatchTask], Any],
@@ -166,7 +166,7 @@ class LocalExecutor:
         for t in tasks:
             yield run_task(t)
 
-    def close(self) -> None:
+    def close(self, *, interrupted: bool = False) -> None:
         pass
 
     def __repr__(self) -> str:
@@ -177,6 +177,23 @@ def _init_process_worker() -> None:
     # One thread per worker: the workers already occupy the cores, and the small per-batch
     # operations of these models gain little from intra-op threads.
     torch.set_num_threads(1)
+
+
+def stop_pool(pool: Any) -> None:
+    """Shut a ``concurrent.futures.ProcessPoolExecutor`` down without waiting for its running
+    tasks: cancel the queued ones and terminate the workers (after Ctrl-C, whose results nobody
+    will store)."""
+    terminate = getattr(pool, "terminate_workers", None)  # Python >= 3.14
+    if terminate is not None:
+        terminate()  # shuts the pool down too (cancelling the queued tasks)
+        return
+    # earlier Pythons have no public handle; the table must be read before shutdown clears it
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.join(timeout=10)
 
 
 class ProcessExecutor:
@@ -211,7 +228,15 @@ class ProcessExecutor:
         return _bounded_stream(tasks, self.in_flight, lambda t: self._pool.submit(run_task, t),
                                wait_some, lambda f: f.cancel())
 
-    def close(self) -> None:
+    def close(self, *, interrupted: bool = False) -> None:
+        """Shut the pool down. ``interrupted`` (Ctrl-C) ends the batches still running at once:
+        their rows were never stored, so the next run computes them again and nothing is lost,
+        while waiting would cost a whole batch (up to an hour of an E-ABS noise search). A worker
+        hit by the same Ctrl-C would otherwise only fail its current batch and start the next one
+        already queued for it."""
+        if interrupted:
+            stop_pool(self._pool)
+            return
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def __repr__(self) -> str:
@@ -275,7 +300,9 @@ class RayExecutor:
 
         return _bounded_stream(tasks, self.in_flight, submit, wait_some, ray.cancel)
 
-    def close(self) -> None:
+    def close(self, *, interrupted: bool = False) -> None:
+        # the pending tasks were already cancelled by the stream; shutting down a Ray this
+        # executor started ends its workers either way
         if self._owns and self._ray.is_initialized():
             self._ray.shutdown()
 
@@ -305,4 +332,4 @@ def make_executor(kind: ExecutorKind | str = ExecutorKind.LOCAL, *, address: str
 
 
 __all__ = ["BatchTask", "BatchResult", "Executor", "ExecutorKind", "LocalExecutor", "ProcessExecutor",
-           "RayExecutor", "make_executor", "run_task"]
+           "RayExecutor", "make_executor", "run_task", "stop_pool"]

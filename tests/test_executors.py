@@ -145,3 +145,93 @@ def test_cli_rejects_unknown_executor(tmp_zoo, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "unknown executor 'dask'" in proc.stderr and "Traceback" not in proc.stderr
     assert not Path(tmp_path / "r" / "results.sqlite").exists()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a terminated child that nobody reaped yet is a zombie: not running either
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_interrupted_close_ends_running_batches_at_once():
+    import time
+
+    from robustgen_bench.executors import ProcessExecutor
+
+    ex = ProcessExecutor(workers=1)
+    running = ex._pool.submit(time.sleep, 300)
+    queued = ex._pool.submit(time.sleep, 300)
+    deadline = time.monotonic() + 120
+    while not running.running() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    pids = list(ex._pool._processes)
+    assert running.running() and pids
+    t0 = time.monotonic()
+    ex.close(interrupted=True)
+    # without `interrupted` this waits for both sleeps (10 min); no worker may survive it
+    assert time.monotonic() - t0 < 30
+    assert not any(_alive(p) for p in pids)
+    assert queued.cancelled() or queued.done()
+
+
+SLOW_SUITE = """\
+name: slow
+dataset: {name: mnist, split: test, n: 4, seed: 3}
+models: [mnist/tiny-cnn]
+run: {batch_size: 1, verify_draws: 1}
+checks: false
+attacks:
+  - {id: pgd, library: foolbox, attack: LinfPGD, threat: linf, epsilon: 0.1, steps: 200000, rel_stepsize: 0.01}
+"""
+
+
+def test_ctrl_c_on_a_processes_run_exits_130_at_once_and_keeps_the_stored_rows(tmp_zoo, tmp_path):
+    """Ctrl-C (SIGINT to the job's process group) while every worker is inside a long batch: the
+    command exits 130 within seconds instead of running the batches already handed out, and the
+    rows stored before stay, once each."""
+    import signal
+    import sqlite3
+    import time
+
+    from conftest import RGBENCH
+
+    (tmp_path / "suite.yaml").write_text(SLOW_SUITE)
+    run_dir = tmp_path / "r"
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    proc = subprocess.Popen([str(RGBENCH), "run", str(tmp_path / "suite.yaml"), "--run-dir",
+                             str(run_dir), "--executor", "processes", "--workers", "2"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+
+    def stored() -> int:
+        try:
+            with sqlite3.connect(f"file:{run_dir / 'results.sqlite'}?mode=ro", uri=True) as c:
+                return int(c.execute("select count(*) from results").fetchone()[0])
+        except sqlite3.Error:
+            return 0
+
+    try:
+        deadline = time.monotonic() + 180
+        while stored() < 4 and time.monotonic() < deadline:  # the clean cell, then PGD starts
+            time.sleep(0.2)
+        assert stored() == 4, "the clean cell was not stored in time"
+        time.sleep(3)  # both workers are now inside a 200,000-step PGD batch
+        t0 = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert elapsed < 30, f"took {elapsed:.0f} s to stop"
+    rows = read_results(run_dir)
+    assert len(rows) == 4 and not rows.duplicated(["cell_key", "sample_index"]).any()

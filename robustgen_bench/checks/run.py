@@ -450,9 +450,12 @@ def run_checks(run_dir: str | Path, *, data_dir: str | Path | None = None,
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo)),
-                                 mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_init_worker) as pool:
+        from robustgen_bench.executors import stop_pool
+
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)),
+                                   mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker)
+        try:
             futures = {pool.submit(_compute_in_worker, str(run_dir),
                                    None if data_dir is None else str(data_dir), subsample,
                                    planned[i]): i for i in todo}
@@ -461,6 +464,10 @@ def run_checks(run_dir: str | Path, *, data_dir: str | Path | None = None,
                 keep(i, f.result())
                 if log:
                     log(f"checked {label(planned[i])}: {results[i].status}")
+        except BaseException:
+            stop_pool(pool)  # Ctrl-C or a failed check: stored checks stay, the rest is redone
+            raise
+        pool.shutdown(wait=True)
     else:
         for i in todo:
             if log:
