@@ -6,9 +6,13 @@ Exit codes: 0 success, 1 runtime failure (clear message), 2 bad input (file, key
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -264,13 +268,46 @@ def _register_optional() -> None:
 _register_optional()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a batch system's time limit), raised in the main thread so that it takes
+    Ctrl-C's path: the running batches are stopped, the stored ones kept, and the exit code is 143."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[threading.Event]:
+    """While the block runs, SIGTERM raises :class:`Terminated` (where it has its default action
+    and this is the main thread); yields an event set once SIGTERM arrived. The previous handler
+    is restored after."""
+    seen = threading.Event()
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield seen  # an ignored or already handled SIGTERM stays as its owner set it
+        return
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        seen.set()
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point with the exit-code contract.
 
-    0 done, 1 runtime failure, 2 bad input (a usage error, a bad file or value), 130 interrupted.
-    ``standalone_mode=False`` makes click *return* the code of ``typer.Exit`` instead of
-    exiting, so it is passed on here; usage errors are raised, and shown with the usage line.
+    0 done, 1 runtime failure, 2 bad input (a usage error, a bad file or value), 130 interrupted
+    (Ctrl-C), 143 terminated (SIGTERM). ``standalone_mode=False`` makes click *return* the code of
+    ``typer.Exit`` instead of exiting, so it is passed on here; usage errors are raised, and
+    shown with the usage line.
     """
+    with _sigterm_as_interrupt() as terminated:
+        return _main(argv, terminated)
+
+
+def _main(argv: list[str] | None, terminated: threading.Event) -> int:
     try:
         code = app(args=argv, prog_name="rgbench", standalone_mode=False)
     except UserInputError as e:
@@ -295,8 +332,10 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print(f"[bold red]runtime failure:[/] {escape(f'{type(e).__name__}: {e}')}\n"
                           "(set RGBENCH_DEBUG=1 for the traceback)", highlight=False)
         return 1
-    if code == 130:  # typer turns Ctrl-C into Exit(130)
-        err_console.print("interrupted; finished batches are stored, re-run the same command to resume")
+    if code == 130:  # typer turns Ctrl-C (and so SIGTERM) into Exit(130)
+        what = "terminated (SIGTERM)" if terminated.is_set() else "interrupted"
+        err_console.print(f"{what}; finished batches are stored, re-run the same command to resume")
+        return 143 if terminated.is_set() else 130
     # A command's return value (None), or the code of a typer.Exit that click caught and returned.
     return code if isinstance(code, int) and not isinstance(code, bool) else 0
 

@@ -247,10 +247,12 @@ attacks:
 """
 
 
-def test_ctrl_c_on_a_processes_run_exits_130_at_once_and_keeps_the_stored_rows(tmp_zoo, tmp_path):
-    """Ctrl-C (SIGINT to the job's process group) while every worker is inside a long batch: the
-    command exits 130 within seconds instead of running the batches already handed out, and the
-    rows stored before stay, once each."""
+@pytest.mark.parametrize("how", ["ctrl-c", "kill"])
+def test_a_stopped_processes_run_exits_at_once_and_keeps_the_stored_rows(how, tmp_zoo, tmp_path):
+    """Ctrl-C (SIGINT to the job's process group) or ``kill`` (SIGTERM to rgbench alone, as a
+    batch system's time limit sends it) while every worker is inside a long batch: the command
+    exits 130 / 143 within seconds instead of running the batches already handed out, no worker
+    outlives it, and the rows stored before stay, once each."""
     import signal
     import sqlite3
     import time
@@ -260,13 +262,14 @@ def test_ctrl_c_on_a_processes_run_exits_130_at_once_and_keeps_the_stored_rows(t
     (tmp_path / "suite.yaml").write_text(SLOW_SUITE)
     run_dir = tmp_path / "r"
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
-    # Ctrl-C's own disposition: a job that a non-interactive shell started with `&` (CI runners,
-    # nohup scripts) inherits SIGINT ignored, and so would rgbench and its workers
+    # the signals' own dispositions: a job that a non-interactive shell started with `&` (CI
+    # runners, nohup scripts) inherits SIGINT ignored, and so would rgbench and its workers
     proc = subprocess.Popen([str(RGBENCH), "run", str(tmp_path / "suite.yaml"), "--run-dir",
                              str(run_dir), "--executor", "processes", "--workers", "2"],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=lambda: [signal.signal(s, signal.SIG_DFL)
+                                                for s in (signal.SIGINT, signal.SIGTERM)])
 
     def stored() -> int:
         try:
@@ -275,22 +278,35 @@ def test_ctrl_c_on_a_processes_run_exits_130_at_once_and_keeps_the_stored_rows(t
         except sqlite3.Error:
             return 0
 
+    def session() -> list[str]:  # the processes still alive in the job's session (its workers)
+        out = subprocess.run(["ps", "-o", "pid=,stat=", "-s", str(proc.pid)],
+                             capture_output=True, text=True).stdout.split("\n")
+        return [line for line in out if line.strip() and "Z" not in line.split()[-1]]
+
     try:
         deadline = time.monotonic() + 180
         while stored() < 4 and time.monotonic() < deadline:  # the clean cell, then PGD starts
             time.sleep(0.2)
         assert stored() == 4, "the clean cell was not stored in time"
         time.sleep(3)  # both workers are now inside a 200,000-step PGD batch
+        assert len(session()) >= 3, session()  # rgbench and its two workers
         t0 = time.monotonic()
-        os.killpg(proc.pid, signal.SIGINT)
+        if how == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
         elapsed = time.monotonic() - t0
+        time.sleep(1)
+        survivors = session()
     finally:
-        if proc.poll() is None:
+        if proc.poll() is None or session():
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode == 130, err
-    assert "interrupted" in err and "Traceback" not in err
+    code, word = (130, "interrupted") if how == "ctrl-c" else (143, "terminated")
+    assert proc.returncode == code, err
+    assert word in err and "Traceback" not in err
     assert elapsed < 30, f"took {elapsed:.0f} s to stop"
+    assert not survivors, f"workers outlived rgbench: {survivors}"
     rows = read_results(run_dir)
     assert len(rows) == 4 and not rows.duplicated(["cell_key", "sample_index"]).any()
