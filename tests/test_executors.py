@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -112,12 +113,15 @@ def _ray_log_tail(ray_tmp: Path, lines: int = 15) -> str:
 def _run_in_a_child_pytest(request: pytest.FixtureRequest) -> None:
     """Runs this test again in a child pytest with its own Ray temp dir.
 
-    When Ray's own processes die (raylet, agent), Ray ends its driver with status 1 and no
-    message: in-process, that ended the whole CI session mid-run once (2 cores, nothing printed
-    after the test before this one). In a child it costs one try of this test, and the failure
-    shows Ray's logs. A child that died that way (no pytest summary) is tried once more; a child
-    whose assertions failed is not."""
-    for attempt in (1, 2):
+    When Ray's own processes die, Ray ends its driver with status 1 and no message: in-process,
+    that ended the whole CI session mid-run once. In a child it costs one try of this test, and
+    the failure shows Ray's logs. Seen in about one clean-clone run in five here (the driver's
+    own check "task_manager.cc:1329: An unexpected system state has occurred. You have likely
+    discovered a bug in Ray", Ray 2.60, a few seconds into the test; never in nine runs of the
+    test alone). A child that died that way (no pytest summary) is tried again, up to three
+    times in all; a child whose assertions failed is not."""
+    attempts = 3
+    for attempt in range(1, attempts + 1):
         # short: Ray's socket paths under it must fit AF_UNIX's 107 bytes
         ray_tmp = Path(tempfile.mkdtemp(prefix="rgray", dir="/tmp"))
         try:
@@ -132,9 +136,9 @@ def _run_in_a_child_pytest(request: pytest.FixtureRequest) -> None:
         finally:
             shutil.rmtree(ray_tmp, ignore_errors=True)
         died = re.search(r"\d+ (passed|failed|errors?)\b", proc.stdout) is None
-        if not died or attempt == 2:
+        if not died or attempt == attempts:
             pytest.fail(report, pytrace=False)
-        warnings.warn(f"Ray's runtime died under the test; trying once more. {report}")
+        warnings.warn(f"Ray's runtime died under the test (try {attempt} of {attempts}). {report}")
 
 
 @pytest.mark.parametrize("kind", ["processes", "ray"])
@@ -307,7 +311,8 @@ def test_a_stopped_processes_run_exits_at_once_and_keeps_the_stored_rows(how, tm
         survivors = session()
     finally:
         if proc.poll() is None or session():
-            os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # the last one may just have ended
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     code, word = (130, "interrupted") if how == "ctrl-c" else (143, "terminated")
     assert proc.returncode == code, err
