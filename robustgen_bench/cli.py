@@ -268,16 +268,12 @@ def _register_optional() -> None:
 _register_optional()
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (``kill``, a batch system's time limit), raised in the main thread so that it takes
-    Ctrl-C's path: the running batches are stopped, the stored ones kept, and the exit code is 143."""
-
-
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[threading.Event]:
-    """While the block runs, SIGTERM raises :class:`Terminated` (where it has its default action
-    and this is the main thread); yields an event set once SIGTERM arrived. The previous handler
-    is restored after."""
+    """While the block runs, SIGTERM (``kill``, a batch system's time limit) raises
+    ``KeyboardInterrupt`` where it has its default action and this is the main thread, so it
+    takes Ctrl-C's path (running batches stopped, stored ones kept); yields an event set once
+    SIGTERM arrived, which makes the exit code 143. The previous handler is restored after."""
     seen = threading.Event()
     if (threading.current_thread() is not threading.main_thread()
             or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
@@ -286,7 +282,7 @@ def _sigterm_as_interrupt() -> Iterator[threading.Event]:
 
     def on_sigterm(signum: int, frame: object) -> None:
         seen.set()
-        raise Terminated
+        raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_sigterm)
     try:

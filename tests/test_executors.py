@@ -292,10 +292,10 @@ def test_a_stopped_processes_run_exits_at_once_and_keeps_the_stored_rows(how, tm
         except sqlite3.Error:
             return 0
 
-    def session() -> list[str]:  # the processes still alive in the job's session (its workers)
-        out = subprocess.run(["ps", "-o", "pid=,stat=", "-s", str(proc.pid)],
-                             capture_output=True, text=True).stdout.split("\n")
-        return [line for line in out if line.strip() and "Z" not in line.split()[-1]]
+    def session() -> list[int]:  # the processes still alive in the job's session (its workers)
+        out = subprocess.run(["ps", "-o", "pid=", "-s", str(proc.pid)],
+                             capture_output=True, text=True).stdout.split()
+        return [pid for pid in map(int, out) if _alive(pid)]
 
     try:
         deadline = time.monotonic() + 180
